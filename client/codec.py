@@ -1,0 +1,283 @@
+"""The one codec between protobuf tensors and numpy arrays, shared by client and server.
+
+Wire rules (KServe v2 / Open Inference Protocol): raw tensors are row-major little-endian with no
+padding; BOOL is one byte per element; BYTES elements are each a 4-byte little-endian length
+followed by the bytes. Typed `contents` carry each datatype in a fixed field; FP16 and BF16 have
+no typed field and travel raw only. Internally a tensor is a numpy array: BYTES is an object array
+of `bytes`, BF16 is the raw 16-bit pattern as `uint16` (numpy has no bfloat16).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ._proto import grpc_service_pb2 as pb
+
+
+class CodecError(ValueError):
+    """A tensor could not be encoded or decoded; the message names the tensor."""
+
+
+# datatype string -> numpy dtype (little-endian), in the protocol's order.
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BF16": np.dtype("<u2"),
+    "BYTES": np.dtype(object),
+}
+DATATYPES: tuple[str, ...] = tuple(NUMPY_DTYPES)
+
+# datatype -> the InferTensorContents field that may carry it (FP16/BF16 have none).
+TYPED_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_LEN = struct.Struct("<I")
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The protocol datatype for a numpy array (str/bytes/object arrays are BYTES)."""
+    kind = array.dtype.kind
+    if kind in "OSU":
+        return "BYTES"
+    for name, dtype in NUMPY_DTYPES.items():
+        if name != "BF16" and dtype.kind == kind and dtype.itemsize == array.dtype.itemsize:
+            return name
+    raise CodecError(f"numpy dtype {array.dtype} has no protocol datatype")
+
+
+def element_count(shape: Sequence[int], tensor: str = "tensor") -> int:
+    """Number of elements of `shape`; negative dimensions are an error."""
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise CodecError(f"{tensor}: shape {list(shape)} has a negative dimension")
+        count *= dim
+    return count
+
+
+# ---------------------------------------------------------------- BYTES framing
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """Frame every element (bytes or str) as a 4-byte LE length followed by its bytes."""
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(_LEN.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(raw: bytes, count: int, tensor: str = "tensor") -> np.ndarray:
+    """Parse `count` length-prefixed elements; the buffer must hold exactly those."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise CodecError(
+                f"{tensor}: BYTES data ends after {i} of {count} elements (truncated length prefix)"
+            )
+        (length,) = _LEN.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise CodecError(
+                f"{tensor}: BYTES element {i} declares {length} bytes but only {len(view) - offset} remain"
+            )
+        out[i] = bytes(view[offset : offset + length])
+        offset += length
+    if offset != len(view):
+        raise CodecError(f"{tensor}: BYTES data has {len(view) - offset} bytes after the last of {count} elements")
+    return out
+
+
+# ---------------------------------------------------------------- numpy <-> raw / typed
+
+
+def from_raw(raw: bytes, datatype: str, shape: Sequence[int], tensor: str = "tensor") -> np.ndarray:
+    """Decode one raw tensor, checking its byte size against shape x datatype."""
+    dtype = _dtype(datatype, tensor)
+    count = element_count(shape, tensor)
+    if datatype == "BYTES":
+        return deserialize_bytes(raw, count, tensor).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise CodecError(
+            f"{tensor}: raw data is {len(raw)} bytes, expected {expected} "
+            f"({count} elements of {datatype} for shape {list(shape)})"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def to_raw(array: np.ndarray, datatype: str | None = None) -> bytes:
+    """Encode one array as raw protocol bytes."""
+    datatype = datatype or datatype_of(array)
+    if datatype == "BYTES":
+        return serialize_bytes(array)
+    dtype = NUMPY_DTYPES[datatype]
+    return np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+def from_contents(
+    contents: pb.InferTensorContents, datatype: str, shape: Sequence[int], tensor: str = "tensor"
+) -> np.ndarray:
+    """Decode typed `contents`, checking that the field fits the datatype and the count the shape."""
+    dtype = _dtype(datatype, tensor)
+    field = TYPED_FIELDS.get(datatype)
+    if field is None:
+        raise CodecError(f"{tensor}: datatype {datatype} has no typed contents field; send it in raw_input_contents")
+    for other in set(TYPED_FIELDS.values()) - {field}:
+        if len(getattr(contents, other)):
+            raise CodecError(f"{tensor}: datatype {datatype} must use contents.{field}, got contents.{other}")
+    values = getattr(contents, field)
+    count = element_count(shape, tensor)
+    if len(values) != count:
+        raise CodecError(
+            f"{tensor}: contents.{field} has {len(values)} elements, expected {count} for shape {list(shape)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        # Range-checked cast: int_contents for INT8 must fit in INT8, and so on.
+        wide = np.asarray(values)
+        array = wide.astype(dtype)
+        if dtype.kind in "iu" and len(wide) and not np.array_equal(array, wide):
+            raise CodecError(f"{tensor}: contents.{field} holds values out of range for {datatype}")
+    except OverflowError as exc:
+        raise CodecError(f"{tensor}: contents.{field} holds values out of range for {datatype}") from exc
+    return array.reshape(shape)
+
+
+def _dtype(datatype: str, tensor: str) -> np.dtype:
+    try:
+        return NUMPY_DTYPES[datatype]
+    except KeyError:
+        raise CodecError(f"{tensor}: unknown datatype '{datatype}'; expected one of {', '.join(DATATYPES)}") from None
+
+
+def as_wire_array(array: np.ndarray, datatype: str) -> np.ndarray:
+    """Cast an array to the dtype that carries `datatype` (str arrays become UTF-8 bytes)."""
+    if datatype == "BYTES":
+        if array.dtype.kind == "O" and all(isinstance(x, bytes) for x in array.reshape(-1)):
+            return array
+        out = np.empty(array.shape, dtype=object)
+        flat = out.reshape(-1)
+        for i, item in enumerate(array.reshape(-1)):
+            flat[i] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        return out
+    return np.asarray(array, dtype=NUMPY_DTYPES[datatype])
+
+
+# ---------------------------------------------------------------- whole messages
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, np.ndarray]]:
+    """All input tensors of a request as {name: (datatype, array)}.
+
+    Raw and typed contents may not be mixed in one request; the number of raw buffers must
+    equal the number of inputs; names must be unique.
+    """
+    raw = request.raw_input_contents
+    typed = [t.name for t in request.inputs if t.HasField("contents") and _has_values(t.contents)]
+    if raw and typed:
+        raise CodecError(
+            f"request mixes raw_input_contents with typed contents (input '{typed[0]}'); use one or the other"
+        )
+    if raw and len(raw) != len(request.inputs):
+        raise CodecError(
+            f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents buffers; "
+            "expected one buffer per input"
+        )
+    decoded: dict[str, tuple[str, np.ndarray]] = {}
+    for i, tensor in enumerate(request.inputs):
+        label = f"input '{tensor.name}'"
+        if tensor.name in decoded:
+            raise CodecError(f"{label} appears more than once in the request")
+        shape = list(tensor.shape)
+        if raw:
+            array = from_raw(raw[i], tensor.datatype, shape, label)
+        else:
+            array = from_contents(tensor.contents, tensor.datatype, shape, label)
+        decoded[tensor.name] = (tensor.datatype, array)
+    return decoded
+
+
+def _has_values(contents: pb.InferTensorContents) -> bool:
+    return any(len(getattr(contents, f)) for f in set(TYPED_FIELDS.values()))
+
+
+def encode_outputs(
+    response: pb.ModelInferResponse, outputs: Mapping[str, tuple[str, np.ndarray]]
+) -> pb.ModelInferResponse:
+    """Append every output to `response` as raw_output_contents (always raw)."""
+    for name, (datatype, array) in outputs.items():
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(array.shape)
+        response.raw_output_contents.append(to_raw(array, datatype))
+    return response
+
+
+def build_request(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    version: str = "",
+    outputs: Sequence[str] | None = None,
+    request_id: str = "",
+    datatypes: Mapping[str, str] | None = None,
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest with every input raw; `datatypes` overrides the inferred datatype."""
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        datatype = (datatypes or {}).get(name) or datatype_of(array)
+        tensor = request.inputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(array.shape)
+        request.raw_input_contents.append(to_raw(as_wire_array(array, datatype), datatype))
+    for name in outputs or ():
+        request.outputs.add().name = name
+    return request
+
+
+def decode_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Outputs of a ModelInferResponse as {name: array}, raw or typed."""
+    result: dict[str, np.ndarray] = {}
+    raw = response.raw_output_contents
+    for i, tensor in enumerate(response.outputs):
+        label = f"output '{tensor.name}'"
+        if raw:
+            result[tensor.name] = from_raw(raw[i], tensor.datatype, list(tensor.shape), label)
+        else:
+            result[tensor.name] = from_contents(tensor.contents, tensor.datatype, list(tensor.shape), label)
+    return result

@@ -1,0 +1,113 @@
+"""Assemble and run the gRPC server: inference service, health, reflection, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from modelport.client._proto import _pool
+from modelport.client._proto import grpc_service_pb2 as pb
+from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
+
+from .dataplane import DataPlane
+from .registry import ModelRegistry
+from .servicer import InferenceServicer
+from .settings import ServerSettings
+
+log = logging.getLogger("modelport.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+@dataclass
+class RunningServer:
+    """A started server; `port` is the bound port (useful with port 0)."""
+
+    server: grpc.aio.Server
+    port: int
+    dataplane: DataPlane
+    health: HealthServicer
+    executor: ThreadPoolExecutor
+
+    async def stop(self, grace: float | None) -> None:
+        """Drain: report NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace`."""
+        self.dataplane.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.executor.shutdown(wait=True)
+
+
+def _package_version() -> str:
+    try:
+        return version("modelport")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _reflection_pool():
+    """Our pool also carries health and reflection, so reflection can describe every service."""
+    for module in (health_pb2, reflection_pb2):
+        try:
+            _pool.POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            _pool.POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return _pool.POOL
+
+
+async def start_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
+    """Load the repository (unless a registry is given), bind, start serving."""
+    if registry is None:
+        registry = ModelRegistry(settings.model_repository, settings.execution_providers)
+        await asyncio.get_running_loop().run_in_executor(None, registry.load_all)
+    executor = ThreadPoolExecutor(max_workers=settings.infer_threads, thread_name_prefix="infer")
+    dataplane = DataPlane(registry, executor, _package_version())
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server, pool=_reflection_pool())
+    host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
+    port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"cannot bind gRPC port {settings.host}:{settings.grpc_port}")
+    await server.start()
+    await _publish_health(health, dataplane)
+    log.info("listening on %s:%d (models: %s)", settings.host, port, ", ".join(registry.names()) or "none")
+    return RunningServer(server, port, dataplane, health, executor)
+
+
+async def _publish_health(health: HealthServicer, dataplane: DataPlane) -> None:
+    """grpc.health.v1: '' and the inference service follow server readiness; each model name its own."""
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    overall = serving if dataplane.server_ready() else not_serving
+    await health.set("", overall)
+    await health.set(SERVICE_NAME, overall)
+    for name in dataplane.registry.names():
+        await health.set(name, serving if dataplane.model_ready(name) else not_serving)
+
+
+async def run(settings: ServerSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain gracefully."""
+    running = await start_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests (grace %.1fs)", settings.shutdown_grace_seconds)
+    await running.stop(settings.shutdown_grace_seconds)
+    log.info("stopped")

@@ -1,0 +1,54 @@
+"""`modelport serve`: flags follow Triton's names where Triton has the same flag."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """example:
+  modelport serve --model-repository ./models --grpc-port 8001
+  # then: modelport predict --url localhost:8001 --model mlp --input x.npy
+
+Every flag can also be set as an environment variable MODELPORT_<FLAG> (e.g. MODELPORT_GRPC_PORT=9001).
+"""
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add the `serve` subcommand."""
+    p = sub.add_parser(
+        "serve",
+        help="serve a model repository over the KServe v2 gRPC protocol",
+        description="Load every model of a Triton-layout repository into ONNX Runtime and serve it over gRPC "
+        "(inference.GRPCInferenceService, grpc.health.v1, server reflection).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model-repository", required=True, help="folder with <name>/<version>/model.onnx")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--host", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--grpc-max-message-size", dest="max_message_bytes", type=int,
+                   help="largest request or response in bytes (default 64 MiB)")
+    p.add_argument("--execution-provider", dest="execution_providers", action="append",
+                   choices=["cpu", "cuda", "tensorrt"],
+                   help="ONNX Runtime execution provider, in order of preference; repeatable (default cpu)")
+    p.add_argument("--infer-threads", type=int, help="threads running inference for the event loop (default 8)")
+    p.add_argument("--exit-timeout-secs", dest="shutdown_grace_seconds", type=float,
+                   help="on SIGTERM, how long in-flight requests may take to finish (default 30)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build settings from flags (over environment) and serve until stopped."""
+    import asyncio
+    import logging
+
+    try:
+        from .app import run as serve
+        from .settings import ServerSettings
+    except ImportError as exc:  # the client-only install lacks onnxruntime
+        raise SystemExit(f"modelport serve needs the server extra: pip install 'modelport[server]' ({exc})")
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
+    settings = ServerSettings(**given)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0

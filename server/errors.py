@@ -1,0 +1,68 @@
+"""Domain errors and the one place where they become gRPC status codes.
+
+The data plane raises these; the servicer maps them. Messages name the model, the tensor and
+what was expected, because that message is all a remote caller sees.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ModelportError(Exception):
+    """Base of every error a request can end in; `code` is its gRPC status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFound(ModelportError):
+    """Unknown model, or a version that is not served."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidInput(ModelportError):
+    """Bad shape, datatype, size or framing in a request."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotReady(ModelportError):
+    """The model exists but cannot serve right now."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class QueueFull(ModelportError):
+    """Back-pressure: the model's queue is at its limit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ModelportError):
+    """The caller's deadline passed before the request could run."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ModelLoadError(ModelportError):
+    """A model version could not be loaded (bad file, bad config)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InferenceFailed(ModelportError):
+    """ONNX Runtime failed while running a request that passed validation."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a caller receives for `exc`."""
+    if isinstance(exc, ModelportError):
+        return exc.code, exc.message
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

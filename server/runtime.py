@@ -1,0 +1,135 @@
+"""ONNX Runtime behind one small interface: load a model file, describe it, run it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import InferenceFailed, InvalidInput, ModelLoadError
+from .signature import ONNX_TO_DATATYPE, Signature, TensorSpec
+
+log = logging.getLogger(__name__)
+
+# Our provider names (the --execution-provider flag) -> ONNX Runtime's.
+PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+# Triton's onnxruntime backend graph `level`: -1 basic only, 1 extended, unset/0 everything.
+_GRAPH_LEVELS = {
+    -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    0: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+}
+_BF16 = 16  # onnx.TensorProto.BFLOAT16, without importing onnx in the server
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How a session is built; 0 threads means ONNX Runtime's own default."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    graph_level: int = 0
+    providers: tuple[str, ...] = ("cpu",)
+
+
+def available_providers(requested: Sequence[str]) -> list[str]:
+    """ONNX Runtime provider names for `requested`, dropping (and logging) those this
+    build lacks; CPU is always last as the fallback."""
+    have = set(ort.get_available_providers())
+    chosen = []
+    for name in requested:
+        provider = PROVIDERS.get(name)
+        if provider is None:
+            raise ValueError(f"unknown execution provider '{name}'; expected one of {', '.join(PROVIDERS)}")
+        if provider in have:
+            chosen.append(provider)
+        else:
+            log.warning("execution provider %s is not available in this onnxruntime build; falling back", provider)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxModel:
+    """One ONNX Runtime session. `run` is thread-safe (ONNX Runtime allows concurrent runs)."""
+
+    def __init__(self, path: Path, options: SessionOptions, label: str) -> None:
+        self.label = label
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=_session_options(options), providers=available_providers(options.providers)
+            )
+        except Exception as exc:  # ONNX Runtime raises several unrelated types
+            raise ModelLoadError(f"{label}: ONNX Runtime cannot load {path.name}: {exc}") from exc
+        self.signature = Signature(
+            tuple(_spec(label, a) for a in self._session.get_inputs()),
+            tuple(_spec(label, a) for a in self._session.get_outputs()),
+        )
+        self.providers = tuple(self._session.get_providers())
+        bf16_out = [t.name for t in self.signature.outputs if t.datatype == "BF16"]
+        if bf16_out:
+            raise ModelLoadError(
+                f"{label}: BF16 outputs {bf16_out} cannot be returned through ONNX Runtime's Python API"
+            )
+        self._needs_ort_values = any(t.datatype == "BF16" for t in self.signature.inputs)
+
+    def run(self, inputs: Mapping[str, tuple[str, np.ndarray]], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run the session on already validated inputs; returns the requested outputs."""
+        feed = {name: _to_ort(self.label, name, datatype, array) for name, (datatype, array) in inputs.items()}
+        try:
+            if self._needs_ort_values:
+                values = {n: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v) for n, v in feed.items()}
+                results = [v.numpy() for v in self._session.run_with_ort_values(list(outputs), values)]
+            else:
+                results = self._session.run(list(outputs), feed)
+        except Exception as exc:
+            raise InferenceFailed(f"{self.label}: ONNX Runtime failed: {exc}") from exc
+        return dict(zip(outputs, results))
+
+
+def _session_options(options: SessionOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    if options.inter_op_threads > 1:
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    so.graph_optimization_level = _GRAPH_LEVELS.get(options.graph_level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return so
+
+
+def _spec(label: str, arg: ort.NodeArg) -> TensorSpec:
+    datatype = ONNX_TO_DATATYPE.get(arg.type)
+    if datatype is None:
+        raise ModelLoadError(f"{label}: tensor '{arg.name}' has type {arg.type}, which modelport cannot serve")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def _to_ort(label: str, name: str, datatype: str, array: np.ndarray):
+    """numpy as ONNX Runtime wants it: strings as str, BF16 as a typed OrtValue."""
+    if datatype == "BYTES":
+        try:
+            return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array) if array.size else array
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"{label}: input '{name}' holds bytes that are not UTF-8; ONNX Runtime string tensors must be UTF-8"
+            ) from None
+    if datatype == "BF16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array), _BF16)
+    return array
+
+
+def from_ort(datatype: str, array: np.ndarray) -> np.ndarray:
+    """An ONNX Runtime result as the codec wants it: strings become UTF-8 bytes."""
+    if datatype == "BYTES" and array.size:
+        return np.vectorize(lambda s: s.encode("utf-8") if isinstance(s, str) else bytes(s), otypes=[object])(array)
+    return array

@@ -1,0 +1,26 @@
+"""Server settings: defaults, then MODELPORT_* environment variables, then command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class ServerSettings(BaseSettings):
+    """Everything `modelport serve` can be told. Each field is also MODELPORT_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_", protected_namespaces=())
+
+    model_repository: Path
+    host: str = "0.0.0.0"
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    # 64 MiB: a 224x224x3 FP32 batch of 64 (~38.5 MiB) fits with room for the envelope.
+    max_message_bytes: int = Field(64 * MIB, gt=0)
+    execution_providers: tuple[str, ...] = ("cpu",)
+    infer_threads: int = Field(8, gt=0, description="threads that run ONNX Runtime sessions for the event loop")
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    log_level: str = "INFO"

@@ -1,0 +1,61 @@
+"""Request checks against a model's signature, before anything runs.
+
+Every message names the model, the tensor and what was expected, because that is all the
+caller gets to see.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidInput
+from .signature import Signature, TensorSpec
+from .types import InferenceRequest
+
+
+def validate(label: str, signature: Signature, max_batch_size: int, request: InferenceRequest) -> None:
+    """Raise InvalidInput unless `request` fits `signature` exactly."""
+    expected = [t.name for t in signature.inputs]
+    missing = [name for name in expected if name not in request.inputs]
+    if missing:
+        raise InvalidInput(f"{label}: missing input {_names(missing)}; the model expects inputs {expected}")
+    extra = [name for name in request.inputs if signature.input(name) is None]
+    if extra:
+        raise InvalidInput(f"{label}: unexpected input {_names(extra)}; the model expects inputs {expected}")
+    batch = None
+    for spec in signature.inputs:
+        datatype, array = request.inputs[spec.name]
+        _check_tensor(label, spec, datatype, tuple(array.shape))
+        if max_batch_size > 0:
+            batch = _check_batch(label, spec, array.shape[0], batch, max_batch_size)
+    for wanted in request.outputs:
+        spec = signature.output(wanted.name)
+        if spec is None:
+            raise InvalidInput(
+                f"{label}: unknown requested output '{wanted.name}'; the model has outputs "
+                f"{[t.name for t in signature.outputs]}"
+            )
+        if wanted.class_count < 0:
+            raise InvalidInput(f"{label}: output '{wanted.name}': classification count must be >= 0")
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _check_tensor(label: str, spec: TensorSpec, datatype: str, shape: tuple[int, ...]) -> None:
+    if datatype != spec.datatype:
+        raise InvalidInput(f"{label}: input '{spec.name}': expected datatype {spec.datatype}, got {datatype}")
+    if not spec.accepts_shape(shape):
+        raise InvalidInput(
+            f"{label}: input '{spec.name}': expected shape {list(spec.shape)} (-1 = any size), got {list(shape)}"
+        )
+
+
+def _check_batch(label: str, spec: TensorSpec, size: int, batch: int | None, limit: int) -> int:
+    if size > limit:
+        raise InvalidInput(f"{label}: input '{spec.name}': batch size {size} exceeds max_batch_size {limit}")
+    if batch is not None and size != batch:
+        raise InvalidInput(
+            f"{label}: input '{spec.name}' has batch size {size} but an earlier input has {batch}; "
+            "all inputs must share the batch dimension"
+        )
+    return size
