@@ -1,0 +1,22 @@
+"""modelport's Python client for the KServe v2 / Open Inference Protocol gRPC API.
+
+    from modelport.client import Client
+    with Client("localhost:8001") as client:
+        y = client.predict("mlp", x)
+"""
+
+from .aio import AsyncClient, AsyncModel
+from .client import Client, Model
+from .errors import InferenceServerError
+from .types import ModelMetadata, ServerMetadata, TensorInfo
+
+__all__ = [
+    "AsyncClient",
+    "AsyncModel",
+    "Client",
+    "InferenceServerError",
+    "Model",
+    "ModelMetadata",
+    "ServerMetadata",
+    "TensorInfo",
+]

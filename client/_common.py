@@ -1,0 +1,98 @@
+"""What the sync and async clients share: channel set-up and the plan of a `predict` call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from .codec import NUMPY_DTYPES
+from .types import ModelMetadata
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Everything needed to open a channel, sync or aio."""
+
+    target: str
+    options: tuple[tuple[str, object], ...]
+    credentials: grpc.ChannelCredentials | None
+
+
+def channel_spec(
+    url: str | Sequence[str],
+    *,
+    ssl: bool = False,
+    root_certificates: bytes | str | Path | None = None,
+    private_key: bytes | str | Path | None = None,
+    certificate_chain: bytes | str | Path | None = None,
+    load_balancing: str | None = None,
+    max_message_bytes: int = 64 * MIB,
+    channel_options: Sequence[tuple[str, object]] = (),
+) -> ChannelSpec:
+    """Target, options and credentials for `url`: "host:port", "dns:///name:port", or a list
+    of "ip:port" addresses (spread with round_robin unless told otherwise)."""
+    if not isinstance(url, str):
+        addresses = list(url)
+        if not addresses:
+            raise ValueError("no address given")
+        url = "ipv4:" + ",".join(addresses) if len(addresses) > 1 else addresses[0]
+        load_balancing = load_balancing or ("round_robin" if len(addresses) > 1 else None)
+    options: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+    if load_balancing:
+        options.append(("grpc.service_config", json.dumps({"loadBalancingConfig": [{load_balancing: {}}]})))
+    options.extend(channel_options)
+    credentials = None
+    if ssl or root_certificates or certificate_chain:
+        credentials = grpc.ssl_channel_credentials(
+            _read(root_certificates), _read(private_key), _read(certificate_chain)
+        )
+    return ChannelSpec(url, tuple(options), credentials)
+
+
+def _read(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+@dataclass(frozen=True)
+class PredictPlan:
+    """How a Keras-like `predict(x)` maps onto a single-input, single-output model."""
+
+    input_name: str
+    datatype: str
+    output_name: str
+
+
+def predict_plan(meta: ModelMetadata) -> PredictPlan:
+    """Check the model has one input and one output; predict() needs exactly that."""
+    if len(meta.inputs) != 1 or len(meta.outputs) != 1:
+        raise ValueError(
+            f"predict() needs a model with one input and one output; model '{meta.name}' has inputs "
+            f"{[t.name for t in meta.inputs]} and outputs {[t.name for t in meta.outputs]}: use infer()"
+        )
+    return PredictPlan(meta.inputs[0].name, meta.inputs[0].datatype, meta.outputs[0].name)
+
+
+def prepare(plan: PredictPlan, x: object) -> np.ndarray:
+    """`x` cast to the model's input datatype, as Keras would cast it."""
+    if plan.datatype == "BYTES":
+        return np.asarray(x, dtype=object)
+    return np.asarray(x, dtype=NUMPY_DTYPES[plan.datatype])
+
+
+def chunks(x: np.ndarray, batch_size: int | None) -> list[np.ndarray]:
+    """`x` split along the batch axis (whole when batch_size is None)."""
+    if not batch_size or len(x) <= batch_size:
+        return [x]
+    return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]

@@ -1,0 +1,131 @@
+"""The asyncio twin of `Client`: the same methods, awaited."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from . import codec
+from ._common import channel_spec, chunks, predict_plan, prepare
+from ._proto import grpc_service_pb2 as pb
+from ._proto import grpc_service_pb2_grpc as pb_grpc
+from .errors import InferenceServerError
+from .types import ModelMetadata, ServerMetadata
+
+
+class AsyncClient:
+    """`Client` for asyncio code: `await client.predict("mlp", x)`; use `async with`."""
+
+    def __init__(self, url: str | Sequence[str], *, timeout: float | None = None, **channel: Any) -> None:
+        spec = channel_spec(url, **channel)
+        if spec.credentials is None:
+            self._channel = grpc.aio.insecure_channel(spec.target, options=spec.options)
+        else:
+            self._channel = grpc.aio.secure_channel(spec.target, spec.credentials, options=spec.options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self.timeout = timeout
+        self._metadata: dict[tuple[str, str], ModelMetadata] = {}
+
+    async def _call(self, rpc, request, timeout: float | None):
+        try:
+            return await rpc(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise InferenceServerError.from_rpc_error(exc) from None
+
+    async def is_server_live(self, *, timeout: float | None = None) -> bool:
+        """ServerLive."""
+        return (await self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout)).live
+
+    async def is_server_ready(self, *, timeout: float | None = None) -> bool:
+        """ServerReady; False (not an error) while the server cannot be reached."""
+        try:
+            return (await self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout)).ready
+        except InferenceServerError as exc:
+            if exc.code == grpc.StatusCode.UNAVAILABLE:
+                return False
+            raise
+
+    async def is_model_ready(self, name: str, version: str = "", *, timeout: float | None = None) -> bool:
+        """ModelReady."""
+        request = pb.ModelReadyRequest(name=name, version=version)
+        return (await self._call(self._stub.ModelReady, request, timeout)).ready
+
+    async def server_metadata(self, *, timeout: float | None = None) -> ServerMetadata:
+        """ServerMetadata."""
+        msg = await self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest(), timeout)
+        return ServerMetadata(msg.name, msg.version, tuple(msg.extensions))
+
+    async def model_metadata(self, name: str, version: str = "", *, timeout: float | None = None) -> ModelMetadata:
+        """ModelMetadata: inputs, outputs, served versions."""
+        request = pb.ModelMetadataRequest(name=name, version=version)
+        meta = ModelMetadata.from_proto(await self._call(self._stub.ModelMetadata, request, timeout))
+        self._metadata[(name, version)] = meta
+        return meta
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        version: str = "",
+        outputs: Sequence[str] | None = None,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """See Client.infer."""
+        request = codec.build_request(model, inputs, version=version, outputs=outputs, request_id=request_id)
+        return codec.decode_response(await self._call(self._stub.ModelInfer, request, timeout))
+
+    async def predict(
+        self, model: str, x: object, *, version: str = "", batch_size: int | None = None, timeout: float | None = None
+    ) -> np.ndarray:
+        """See Client.predict."""
+        meta = self._metadata.get((model, version)) or await self.model_metadata(model, version, timeout=timeout)
+        plan = predict_plan(meta)
+        results = [
+            (await self.infer(model, {plan.input_name: part}, version=version, outputs=[plan.output_name], timeout=timeout))[
+                plan.output_name
+            ]
+            for part in chunks(prepare(plan, x), batch_size)
+        ]
+        return np.concatenate(results) if len(results) > 1 else results[0]
+
+    def model(self, name: str, version: str = "") -> "AsyncModel":
+        """A handle bound to one model."""
+        return AsyncModel(self, name, version)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncModel:
+    """One model of a server, async: `await model.predict(x)`."""
+
+    def __init__(self, client: AsyncClient, name: str, version: str = "") -> None:
+        self.client, self.name, self.version = client, name, version
+
+    async def predict(self, x: object, **kwargs: Any) -> np.ndarray:
+        """See Client.predict."""
+        return await self.client.predict(self.name, x, version=self.version, **kwargs)
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:
+        """See Client.infer."""
+        return await self.client.infer(self.name, inputs, version=self.version, **kwargs)
+
+    async def metadata(self) -> ModelMetadata:
+        """See Client.model_metadata."""
+        return await self.client.model_metadata(self.name, self.version)
+
+    async def is_ready(self) -> bool:
+        """See Client.is_model_ready."""
+        return await self.client.is_model_ready(self.name, self.version)

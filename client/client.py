@@ -1,0 +1,146 @@
+"""The synchronous Python client: numpy in, numpy out, over the KServe v2 gRPC protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from . import codec
+from ._common import channel_spec, chunks, predict_plan, prepare
+from ._proto import grpc_service_pb2 as pb
+from ._proto import grpc_service_pb2_grpc as pb_grpc
+from .errors import InferenceServerError
+from .types import ModelMetadata, ServerMetadata
+
+
+class Client:
+    """A connection to a modelport (or any KServe v2 / Triton) gRPC server.
+
+    >>> client = Client("localhost:8001")
+    >>> client.predict("mlp", x)                   # one input, one output, like Keras
+    >>> client.infer("mlp", {"features": x})       # {output name: array}
+    >>> client.model("mlp").predict(x)
+
+    `url` may be "host:port", "dns:///name:port" or a list of addresses (round-robin);
+    `timeout` is the default deadline in seconds for every call; TLS with `ssl=True` and the
+    optional certificate arguments (bytes or file paths).
+    """
+
+    def __init__(self, url: str | Sequence[str], *, timeout: float | None = None, **channel: Any) -> None:
+        spec = channel_spec(url, **channel)
+        if spec.credentials is None:
+            self._channel = grpc.insecure_channel(spec.target, options=spec.options)
+        else:
+            self._channel = grpc.secure_channel(spec.target, spec.credentials, options=spec.options)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self.timeout = timeout
+        self._metadata: dict[tuple[str, str], ModelMetadata] = {}
+
+    def _call(self, rpc, request, timeout: float | None):
+        try:
+            return rpc(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise InferenceServerError.from_rpc_error(exc) from None
+
+    # ------------------------------------------------------------ health and metadata
+
+    def is_server_live(self, *, timeout: float | None = None) -> bool:
+        """ServerLive."""
+        return self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout).live
+
+    def is_server_ready(self, *, timeout: float | None = None) -> bool:
+        """ServerReady; False (not an error) while the server cannot be reached."""
+        try:
+            return self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout).ready
+        except InferenceServerError as exc:
+            if exc.code == grpc.StatusCode.UNAVAILABLE:
+                return False
+            raise
+
+    def is_model_ready(self, name: str, version: str = "", *, timeout: float | None = None) -> bool:
+        """ModelReady."""
+        return self._call(self._stub.ModelReady, pb.ModelReadyRequest(name=name, version=version), timeout).ready
+
+    def server_metadata(self, *, timeout: float | None = None) -> ServerMetadata:
+        """ServerMetadata."""
+        msg = self._call(self._stub.ServerMetadata, pb.ServerMetadataRequest(), timeout)
+        return ServerMetadata(msg.name, msg.version, tuple(msg.extensions))
+
+    def model_metadata(self, name: str, version: str = "", *, timeout: float | None = None) -> ModelMetadata:
+        """ModelMetadata: inputs, outputs, served versions."""
+        msg = self._call(self._stub.ModelMetadata, pb.ModelMetadataRequest(name=name, version=version), timeout)
+        meta = ModelMetadata.from_proto(msg)
+        self._metadata[(name, version)] = meta
+        return meta
+
+    # ------------------------------------------------------------ inference
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        version: str = "",
+        outputs: Sequence[str] | None = None,
+        request_id: str = "",
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run `model` on named inputs; returns every output (or those in `outputs`) by name.
+        Datatypes follow the arrays' dtypes (str/bytes arrays are BYTES)."""
+        request = codec.build_request(model, inputs, version=version, outputs=outputs, request_id=request_id)
+        return codec.decode_response(self._call(self._stub.ModelInfer, request, timeout))
+
+    def predict(
+        self, model: str, x: object, *, version: str = "", batch_size: int | None = None, timeout: float | None = None
+    ) -> np.ndarray:
+        """Keras-like: `x` into the model's only input (cast to its datatype), its only output back.
+        With `batch_size`, `x` is sent in chunks of that many rows."""
+        meta = self._metadata.get((model, version)) or self.model_metadata(model, version, timeout=timeout)
+        plan = predict_plan(meta)
+        parts = [
+            self.infer(model, {plan.input_name: part}, version=version, outputs=[plan.output_name], timeout=timeout)
+            for part in chunks(prepare(plan, x), batch_size)
+        ]
+        return np.concatenate([p[plan.output_name] for p in parts]) if len(parts) > 1 else parts[0][plan.output_name]
+
+    def model(self, name: str, version: str = "") -> "Model":
+        """A handle bound to one model, like Keras' `load_model(...)`."""
+        return Model(self, name, version)
+
+    # ------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Model:
+    """One model of a server: `predict`, `infer`, `metadata`, `is_ready`."""
+
+    def __init__(self, client: Client, name: str, version: str = "") -> None:
+        self.client, self.name, self.version = client, name, version
+
+    def predict(self, x: object, **kwargs: Any) -> np.ndarray:
+        """See Client.predict."""
+        return self.client.predict(self.name, x, version=self.version, **kwargs)
+
+    def infer(self, inputs: Mapping[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:
+        """See Client.infer."""
+        return self.client.infer(self.name, inputs, version=self.version, **kwargs)
+
+    def metadata(self) -> ModelMetadata:
+        """See Client.model_metadata."""
+        return self.client.model_metadata(self.name, self.version)
+
+    def is_ready(self) -> bool:
+        """See Client.is_model_ready."""
+        return self.client.is_model_ready(self.name, self.version)

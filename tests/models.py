@@ -1,0 +1,62 @@
+"""Tiny ONNX models built with onnx.helper, for tests that need no TensorFlow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+# onnx 1.23 writes IR version 14 by default; onnxruntime 1.31 reads up to 13.
+IR_VERSION = 10
+OPSET = 17
+
+
+def save(model: onnx.ModelProto, repository: Path, name: str, version: int = 1, config: str | None = None) -> Path:
+    """Write `model` as <repository>/<name>/<version>/model.onnx (and config.pbtxt if given)."""
+    folder = repository / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    if config is not None:
+        (repository / name / "config.pbtxt").write_text(config)
+    return folder / "model.onnx"
+
+
+def graph_model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    """A model from nodes and (name, elem_type, shape) inputs/outputs."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+        initializer=list(initializers),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+
+
+def add_mul(width: int = 4) -> onnx.ModelProto:
+    """Inputs a, b FP32 [batch, width]; outputs sum = a + b and prod = a * b."""
+    shape = [None, width]
+    return graph_model(
+        [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])],
+        [("a", TensorProto.FLOAT, shape), ("b", TensorProto.FLOAT, shape)],
+        [("sum", TensorProto.FLOAT, shape), ("prod", TensorProto.FLOAT, shape)],
+    )
+
+
+def identity(elem_type: int, shape=(None, 3), name: str = "x", out: str = "y") -> onnx.ModelProto:
+    """y = x for any ONNX element type."""
+    return graph_model(
+        [helper.make_node("Identity", [name], [out])], [(name, elem_type, list(shape))], [(out, elem_type, list(shape))]
+    )
+
+
+def scale(factor: float = 2.0, width: int = 3) -> onnx.ModelProto:
+    """y = x * factor; distinguishes versions by their factor."""
+    const = helper.make_tensor("k", TensorProto.FLOAT, [], [factor])
+    return graph_model(
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        [("x", TensorProto.FLOAT, [None, width])],
+        [("y", TensorProto.FLOAT, [None, width])],
+        initializers=[const],
+    )
