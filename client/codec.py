@@ -56,6 +56,17 @@ TYPED_FIELDS: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 
+# The protobuf type of each typed field: values are read at this width, then narrowed.
+_FIELD_DTYPES: dict[str, np.dtype] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
 _LEN = struct.Struct("<I")
 
 
@@ -164,14 +175,11 @@ def from_contents(
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    try:
-        # Range-checked cast: int_contents for INT8 must fit in INT8, and so on.
-        wide = np.asarray(values)
-        array = wide.astype(dtype)
-        if dtype.kind in "iu" and len(wide) and not np.array_equal(array, wide):
-            raise CodecError(f"{tensor}: contents.{field} holds values out of range for {datatype}")
-    except OverflowError as exc:
-        raise CodecError(f"{tensor}: contents.{field} holds values out of range for {datatype}") from exc
+    # Range-checked narrowing: int_contents for INT8 must fit in INT8, and so on.
+    wide = np.fromiter(values, dtype=_FIELD_DTYPES[field], count=count)
+    array = wide.astype(dtype)
+    if dtype.kind in "iu" and not np.array_equal(array, wide):
+        raise CodecError(f"{tensor}: contents.{field} holds values out of range for {datatype}")
     return array.reshape(shape)
 
 

@@ -156,6 +156,11 @@ def _complete_tensors(
             f"{[t.name for t in missing]}"
         )
     for tensor in missing:
+        if batch and (not tensor.shape or tensor.shape[0] != -1):
+            raise ModelLoadError(
+                f"{where}: max_batch_size > 0 needs a dynamic first dimension, but {kind} "
+                f"'{tensor.name}' has shape {list(tensor.shape)} in the ONNX model"
+            )
         entry = configured.add()
         entry.name = tensor.name
         entry.data_type = mc.DataType.Value(DATATYPE_TO_CONFIG[tensor.datatype])

@@ -60,3 +60,13 @@ def scale(factor: float = 2.0, width: int = 3) -> onnx.ModelProto:
         [("y", TensorProto.FLOAT, [None, width])],
         initializers=[const],
     )
+
+
+def matmul_chain(depth: int) -> onnx.ModelProto:
+    """y = x @ x @ ... (`depth` times) for square FP32 x: a model that takes measurable time."""
+    nodes, previous = [], "x"
+    for i in range(depth):
+        out = "y" if i == depth - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [previous, "x"], [out]))
+        previous = out
+    return graph_model(nodes, [("x", TensorProto.FLOAT, [None, None])], [("y", TensorProto.FLOAT, [None, None])])
