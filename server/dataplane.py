@@ -14,7 +14,6 @@ import numpy as np
 
 from .classification import classify
 from .config import PLATFORM
-from .errors import ModelNotReady
 from .registry import ModelRegistry, ModelVersion
 from .runtime import from_ort
 from .signature import TensorSpec
@@ -77,9 +76,8 @@ class DataPlane:
         return ModelInfo(name, versions, PLATFORM, model.signature.inputs, model.signature.outputs)
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
-        """The version a request goes to; NOT_FOUND / UNAVAILABLE errors otherwise."""
-        if self.draining:
-            raise ModelNotReady(f"model '{name}': the server is shutting down")
+        """The version a request goes to; NOT_FOUND / UNAVAILABLE errors otherwise.
+        While draining, gRPC itself refuses new calls; one already accepted still runs."""
         return self.registry.get(name, version)
 
     async def infer(self, model: ModelVersion, request: InferenceRequest) -> InferenceResponse:

@@ -1,0 +1,125 @@
+"""The `modelport` command as a user runs it: a server process, the predict command, SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelport.client import Client
+from tests import models
+
+CLI = [sys.executable, "-m", "modelport.client.cli"]
+
+
+class ServerProcess:
+    """`modelport serve` on port 0; the port is read from its 'listening on' log line."""
+
+    def __init__(self, repository: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [*CLI, "serve", "--model-repository", str(repository), "--grpc-port", "0", "--host", "127.0.0.1", *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.log: list[str] = []
+        self.address = self._wait_for_port()
+
+    def _wait_for_port(self) -> str:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+            match = re.search(r"listening on ([^:\s]+):(\d+)", line)
+            if match:
+                threading.Thread(target=self._drain, daemon=True).start()
+                return f"{match.group(1)}:{match.group(2)}"
+        raise AssertionError("server exited before listening:\n" + "".join(self.log))
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    models.save(models.add_mul(), tmp_path, "add_mul")
+    models.save(models.scale(2.0), tmp_path, "scale")
+    models.save(models.matmul_chain(10), tmp_path, "slow")
+    return tmp_path
+
+
+@pytest.fixture
+def server(repo: Path) -> Iterator[ServerProcess]:
+    process = ServerProcess(repo)
+    yield process
+    process.stop()
+
+
+def test_help_texts_have_examples() -> None:
+    for command in ([], ["serve"], ["predict"], ["convert"]):
+        out = subprocess.run([*CLI, *command, "--help"], capture_output=True, text=True, check=True).stdout
+        assert "example" in out, command
+
+
+def test_serve_two_models_and_predict_command(server: ServerProcess, tmp_path: Path) -> None:
+    client = Client(server.address)
+    assert client.is_server_ready()
+    assert client.is_model_ready("add_mul") and client.is_model_ready("scale")
+    np.save(tmp_path / "x.npy", np.arange(6, dtype=np.float64).reshape(2, 3))
+    out = subprocess.run(
+        [*CLI, "predict", "--url", server.address, "--model", "scale", "--input", str(tmp_path / "x.npy")],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "y float32 [2, 3]" in out and "10." in out
+    np.savez(tmp_path / "in.npz", a=np.ones((1, 4), np.float32), b=np.full((1, 4), 2, np.float32))
+    subprocess.run(
+        [*CLI, "predict", "--url", server.address, "--model", "add_mul", "--input", str(tmp_path / "in.npz"),
+         "--output", str(tmp_path / "out.npz")],
+        check=True, capture_output=True,
+    )
+    with np.load(tmp_path / "out.npz") as out_npz:
+        np.testing.assert_array_equal(out_npz["sum"], np.full((1, 4), 3, np.float32))
+        np.testing.assert_array_equal(out_npz["prod"], np.full((1, 4), 2, np.float32))
+
+
+def test_predict_command_reports_server_errors(server: ServerProcess, tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.ones((2, 5)))
+    done = subprocess.run(
+        [*CLI, "predict", "--url", server.address, "--model", "scale", "--input", str(tmp_path / "x.npy")],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 1
+    assert "INVALID_ARGUMENT" in done.stderr and "input 'x'" in done.stderr
+
+
+def test_sigterm_finishes_in_flight_requests(repo: Path) -> None:
+    server = ServerProcess(repo, "--exit-timeout-secs", "30")
+    client = Client(server.address, timeout=60)
+    x = np.ones((1000, 1000), np.float32) / 1000
+    expected = client.infer("slow", {"x": x})["y"]  # also warms the session up
+    results: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: results.append(client.infer("slow", {"x": x})["y"])) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)  # the requests are in flight now (each takes longer than this)
+    server.proc.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert server.proc.wait(timeout=60) == 0
+    assert len(results) == 3
+    for y in results:
+        np.testing.assert_allclose(y, expected, rtol=1e-5)
+    assert any("shutting down" in line for line in server.log)
