@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -35,14 +34,13 @@ class RunningServer:
     port: int
     dataplane: DataPlane
     health: HealthServicer
-    executor: ThreadPoolExecutor
 
     async def stop(self, grace: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace`."""
         self.dataplane.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        self.executor.shutdown(wait=True)
+        await self.dataplane.registry.close()
 
 
 def _package_version() -> str:
@@ -65,14 +63,16 @@ def _reflection_pool():
 async def start_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
     """Load the repository (unless a registry is given), bind, start serving."""
     if registry is None:
-        registry = ModelRegistry(settings.model_repository, settings.execution_providers)
+        registry = ModelRegistry(
+            settings.model_repository, settings.execution_providers, settings.device_id, settings.workers
+        )
         await asyncio.get_running_loop().run_in_executor(None, registry.load_all)
-    executor = ThreadPoolExecutor(max_workers=settings.infer_threads, thread_name_prefix="infer")
-    dataplane = DataPlane(registry, executor, _package_version())
+    dataplane = DataPlane(registry, _package_version())
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 1),  # --workers: several processes share the port
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
@@ -87,7 +87,7 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     await server.start()
     await _publish_health(health, dataplane)
     log.info("listening on %s:%d (models: %s)", settings.host, port, ", ".join(registry.names()) or "none")
-    return RunningServer(server, port, dataplane, health, executor)
+    return RunningServer(server, port, dataplane, health)
 
 
 async def _publish_health(health: HealthServicer, dataplane: DataPlane) -> None:

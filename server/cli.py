@@ -30,7 +30,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--execution-provider", dest="execution_providers", action="append",
                    choices=["cpu", "cuda", "tensorrt"],
                    help="ONNX Runtime execution provider, in order of preference; repeatable (default cpu)")
-    p.add_argument("--infer-threads", type=int, help="threads running inference for the event loop (default 8)")
+    p.add_argument("--device-id", type=int, help="GPU used by the cuda/tensorrt providers (default 0)")
+    p.add_argument("--workers", type=int,
+                   help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own sessions; "
+                        "ONNX Runtime threads are the usable CPUs divided among them (default 1)")
     p.add_argument("--exit-timeout-secs", dest="shutdown_grace_seconds", type=float,
                    help="on SIGTERM, how long in-flight requests may take to finish (default 30)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
@@ -50,5 +53,9 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
     settings = ServerSettings(**given)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        from .workers import supervise
+
+        return supervise(settings)
     asyncio.run(serve(settings))
     return 0

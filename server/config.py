@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from modelport.client._proto import model_config_pb2 as mc
 
 from .errors import ModelLoadError
+from .scheduler import BatchingPolicy
 from .signature import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, Signature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class ModelSpec:
     intra_op_threads: int
     inter_op_threads: int
     graph_level: int
+    instances: tuple[str, ...]  # one entry per instance: "auto", "cpu" or "gpu:<id>"
+    batching: BatchingPolicy | None
     config: mc.ModelConfig  # the effective config, as the ModelConfig RPC will answer it
 
 
@@ -104,7 +107,39 @@ def model_spec(name: str, config: mc.ModelConfig) -> ModelSpec:
         intra_op_threads=_int_param(name, params, "intra_op_thread_count"),
         inter_op_threads=_int_param(name, params, "inter_op_thread_count"),
         graph_level=config.optimization.graph.level,
+        instances=_instances(config),
+        batching=_batching(name, config),
         config=config,
+    )
+
+
+def _instances(config: mc.ModelConfig) -> tuple[str, ...]:
+    """instance_group expanded to one entry per instance (default: one, on the server's providers)."""
+    kinds = {mc.ModelInstanceGroup.KIND_CPU: "cpu", mc.ModelInstanceGroup.KIND_GPU: "gpu"}
+    found: list[str] = []
+    for group in config.instance_group:
+        kind = kinds.get(group.kind, "auto")
+        count = group.count or 1
+        if kind == "gpu":
+            gpus = list(group.gpus) or [0]
+            found.extend(f"gpu:{gpus[i % len(gpus)]}" for i in range(count * len(gpus) if group.gpus else count))
+        else:
+            found.extend([kind] * count)
+    return tuple(found) or ("auto",)
+
+
+def _batching(name: str, config: mc.ModelConfig) -> BatchingPolicy | None:
+    """The dynamic batching policy, or None: no dynamic_batching block means no batching (as in Triton)."""
+    if not config.HasField("dynamic_batching"):
+        return None
+    if config.max_batch_size <= 0:
+        raise ModelLoadError(f"model '{name}': dynamic_batching needs max_batch_size > 0")
+    batching = config.dynamic_batching
+    return BatchingPolicy(
+        max_batch_size=config.max_batch_size,
+        max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
+        preferred_batch_sizes=tuple(batching.preferred_batch_size),
+        max_queue_size=batching.default_queue_policy.max_queue_size,
     )
 
 

@@ -6,8 +6,6 @@ ONNX Runtime off the event loop, shape the outputs (classification). No protobuf
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,9 +45,8 @@ class ModelInfo:
 class DataPlane:
     """The server's behaviour, independent of gRPC."""
 
-    def __init__(self, registry: ModelRegistry, executor: Executor | None, version: str) -> None:
+    def __init__(self, registry: ModelRegistry, version: str) -> None:
         self.registry = registry
-        self._executor = executor
         self._version = version
         self.draining = False  # set on shutdown: readiness turns false, in-flight work finishes
 
@@ -85,8 +82,7 @@ class DataPlane:
         validate(model.label, model.signature, model.spec.max_batch_size, request)
         wanted = request.outputs or [RequestedOutput(t.name) for t in model.signature.outputs]
         names = [w.name for w in wanted]
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, model.runtime.run, request.inputs, names)
+        results = await model.scheduler.submit(request.inputs, names, request.deadline)
         outputs: dict[str, Tensor] = {}
         for want in wanted:
             spec = model.signature.output(want.name)

@@ -11,7 +11,9 @@ from modelport.client._proto import model_config_pb2 as mc
 from . import config as cfg
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ModelportError
 from .repository import ModelDirectory, scan
+from .cpus import intra_op_threads, usable_cpus
 from .runtime import OnnxModel, SessionOptions
+from .scheduler import BatchingScheduler, DirectScheduler, Instance
 from .signature import Signature
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ class ModelVersion:
     spec: cfg.ModelSpec
     config: mc.ModelConfig
     signature: Signature
-    runtime: OnnxModel
+    scheduler: DirectScheduler | BatchingScheduler
 
     @property
     def label(self) -> str:
@@ -51,9 +53,14 @@ class ModelEntry:
 class ModelRegistry:
     """Every model the server knows, loaded from a Triton-layout repository."""
 
-    def __init__(self, root: Path, providers: tuple[str, ...] = ("cpu",)) -> None:
+    def __init__(
+        self, root: Path, providers: tuple[str, ...] = ("cpu",), device_id: int = 0, workers: int = 1
+    ) -> None:
         self.root = root
         self.providers = providers
+        self.device_id = device_id
+        self.workers = workers
+        self.cpus = usable_cpus()
         self._models: dict[str, ModelEntry] = {}
 
     def load_all(self) -> None:
@@ -87,10 +94,27 @@ class ModelRegistry:
         path = directory.path / str(version) / spec.model_filename
         if not path.is_file():
             raise ModelLoadError(f"{label}: {path} does not exist")
-        options = SessionOptions(spec.intra_op_threads, spec.inter_op_threads, spec.graph_level, self.providers)
-        runtime = OnnxModel(path, options, label)
-        config, signature = cfg.complete(spec, runtime.signature, directory.path, version)
-        return ModelVersion(spec.name, version, spec, config, signature, runtime)
+        instances = [
+            Instance(OnnxModel(path, self._session_options(spec, kind), f"{label}"), i)
+            for i, kind in enumerate(spec.instances)
+        ]
+        config, signature = cfg.complete(spec, instances[0].model.signature, directory.path, version)
+        if spec.batching is None:
+            scheduler: DirectScheduler | BatchingScheduler = DirectScheduler(label, instances)
+        else:
+            scheduler = BatchingScheduler(label, instances, spec.batching, [t.name for t in signature.outputs])
+        return ModelVersion(spec.name, version, spec, config, signature, scheduler)
+
+    def _session_options(self, spec: cfg.ModelSpec, kind: str) -> SessionOptions:
+        """Session options of one instance: threads from the config, else the usable CPUs shared
+        among worker processes and all instances of this model."""
+        threads = spec.intra_op_threads or intra_op_threads(self.cpus, self.workers, len(spec.instances))
+        providers, device = self.providers, self.device_id
+        if kind == "cpu":
+            providers = ("cpu",)
+        elif kind.startswith("gpu:"):
+            providers, device = tuple(p for p in self.providers if p != "cpu") or ("cuda",), int(kind[4:])
+        return SessionOptions(threads, spec.inter_op_threads, spec.graph_level, providers, device)
 
     # ------------------------------------------------------------ lookups
 
@@ -134,3 +158,9 @@ class ModelRegistry:
         """Served versions of `name`, ascending (empty when unknown)."""
         entry = self._models.get(name)
         return sorted(entry.versions) if entry else []
+
+    async def close(self) -> None:
+        """Stop every model's instances once their running work is done."""
+        for entry in self._models.values():
+            for version in entry.versions.values():
+                await version.scheduler.close()

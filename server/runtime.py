@@ -39,23 +39,25 @@ class SessionOptions:
     inter_op_threads: int = 0
     graph_level: int = 0
     providers: tuple[str, ...] = ("cpu",)
+    device_id: int = 0
 
 
-def available_providers(requested: Sequence[str]) -> list[str]:
-    """ONNX Runtime provider names for `requested`, dropping (and logging) those this
+def available_providers(requested: Sequence[str], device_id: int = 0) -> list[tuple[str, dict[str, str]]]:
+    """ONNX Runtime providers (with options) for `requested`, dropping (and logging) those this
     build lacks; CPU is always last as the fallback."""
     have = set(ort.get_available_providers())
-    chosen = []
+    chosen: list[tuple[str, dict[str, str]]] = []
     for name in requested:
         provider = PROVIDERS.get(name)
         if provider is None:
             raise ValueError(f"unknown execution provider '{name}'; expected one of {', '.join(PROVIDERS)}")
         if provider in have:
-            chosen.append(provider)
+            options = {} if name == "cpu" else {"device_id": str(device_id)}
+            chosen.append((provider, options))
         else:
-            log.warning("execution provider %s is not available in this onnxruntime build; falling back", provider)
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
+            log.warning("execution provider %s is not available in this onnxruntime build; using the next one", provider)
+    if all(p != "CPUExecutionProvider" for p, _ in chosen):
+        chosen.append(("CPUExecutionProvider", {}))
     return chosen
 
 
@@ -66,7 +68,9 @@ class OnnxModel:
         self.label = label
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=_session_options(options), providers=available_providers(options.providers)
+                str(path),
+                sess_options=_session_options(options),
+                providers=available_providers(options.providers, options.device_id),
             )
         except Exception as exc:  # ONNX Runtime raises several unrelated types
             raise ModelLoadError(f"{label}: ONNX Runtime cannot load {path.name}: {exc}") from exc
@@ -75,6 +79,9 @@ class OnnxModel:
             tuple(_spec(label, a) for a in self._session.get_outputs()),
         )
         self.providers = tuple(self._session.get_providers())
+        wanted = PROVIDERS[options.providers[0]] if options.providers else "CPUExecutionProvider"
+        if self.providers[0] != wanted:
+            log.warning("%s: runs on %s, not %s (CPU fallback)", label, self.providers[0], wanted)
         bf16_out = [t.name for t in self.signature.outputs if t.datatype == "BF16"]
         if bf16_out:
             raise ModelLoadError(

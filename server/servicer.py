@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -90,10 +91,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             id=request.id,
             inputs=inputs,
             outputs=[RequestedOutput(o.name, _class_count(model.label, o)) for o in request.outputs],
+            deadline=_deadline(context),
         )
         result = await self._dp.infer(model, decoded)
         response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
         return codec.encode_outputs(response, result.outputs)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -21,6 +21,7 @@ class ServerSettings(BaseSettings):
     # 64 MiB: a 224x224x3 FP32 batch of 64 (~38.5 MiB) fits with room for the envelope.
     max_message_bytes: int = Field(64 * MIB, gt=0)
     execution_providers: tuple[str, ...] = ("cpu",)
-    infer_threads: int = Field(8, gt=0, description="threads that run ONNX Runtime sessions for the event loop")
+    device_id: int = Field(0, ge=0, description="GPU for the cuda/tensorrt providers")
+    workers: int = Field(1, ge=1, description="server processes sharing the port")
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     log_level: str = "INFO"

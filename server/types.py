@@ -27,6 +27,7 @@ class InferenceRequest:
     id: str
     inputs: dict[str, Tensor]
     outputs: list[RequestedOutput] = field(default_factory=list)
+    deadline: float | None = None  # time.monotonic() after which the caller no longer waits
 
 
 @dataclass

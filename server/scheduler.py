@@ -1,0 +1,230 @@
+"""Schedulers: how requests reach a model's instances.
+
+`DirectScheduler` runs each request on the least busy instance. `BatchingScheduler` is Triton's
+dynamic batcher: requests queue, merge along the batch axis up to max_batch_size or the queue
+delay, run once, and are split back; a bounded queue pushes back with RESOURCE_EXHAUSTED and a
+request whose deadline has passed is dropped before it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DeadlineExceeded, QueueFull
+from .runtime import OnnxModel
+from .types import Tensor
+
+
+class Instance:
+    """One ONNX Runtime session with its own thread: it runs one batch at a time, as in Triton."""
+
+    def __init__(self, model: OnnxModel, index: int) -> None:
+        self.model = model
+        self.busy = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{model.label}#{index}")
+
+    async def run(self, inputs: dict[str, Tensor], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run on this instance's thread, off the event loop."""
+        self.busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self.model.run, inputs, outputs)
+        finally:
+            self.busy -= 1
+
+    def close(self) -> None:
+        """Let queued work finish, then stop the thread."""
+        self._executor.shutdown(wait=True)
+
+
+def _check_deadline(label: str, deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded(f"{label}: the request's deadline passed before it could run")
+
+
+class DirectScheduler:
+    """Every request runs by itself on the least busy instance."""
+
+    def __init__(self, label: str, instances: Sequence[Instance]) -> None:
+        self.label = label
+        self.instances = list(instances)
+
+    async def submit(
+        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one request; DeadlineExceeded if its deadline already passed."""
+        _check_deadline(self.label, deadline)
+        instance = min(self.instances, key=lambda i: i.busy)
+        return await instance.run(inputs, outputs)
+
+    async def close(self) -> None:
+        """Stop the instances' threads once their work is done."""
+        for instance in self.instances:
+            await asyncio.to_thread(instance.close)
+
+
+@dataclass
+class _Pending:
+    inputs: dict[str, Tensor]
+    outputs: Sequence[str]
+    size: int
+    key: tuple
+    deadline: float | None
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    """config.pbtxt's dynamic_batching, with max_batch_size."""
+
+    max_batch_size: int
+    max_queue_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 0  # 0: unbounded, as in Triton
+
+    @property
+    def target(self) -> int:
+        """The batch size worth waiting for: the largest preferred one, else the maximum."""
+        fitting = [p for p in self.preferred_batch_sizes if 0 < p <= self.max_batch_size]
+        return max(fitting) if fitting else self.max_batch_size
+
+
+class BatchingScheduler:
+    """Dynamic batching over a model's instances (one batch per instance at a time)."""
+
+    def __init__(self, label: str, instances: Sequence[Instance], policy: BatchingPolicy, outputs: Sequence[str]) -> None:
+        self.label = label
+        self.instances = list(instances)
+        self.policy = policy
+        self._all_outputs = list(outputs)
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._free: asyncio.Queue[Instance] = asyncio.Queue()
+        for instance in self.instances:
+            self._free.put_nowait(instance)
+        self._running: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None  # started by the first request, on the serving loop
+
+    async def submit(
+        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its share of a batch."""
+        _check_deadline(self.label, deadline)
+        if self.policy.max_queue_size and len(self._queue) >= self.policy.max_queue_size:
+            raise QueueFull(f"{self.label}: queue is full ({self.policy.max_queue_size} requests waiting); retry later")
+        size = next(iter(inputs.values()))[1].shape[0]
+        key = tuple((name, dt, array.shape[1:]) for name, (dt, array) in sorted(inputs.items()))
+        loop = asyncio.get_running_loop()
+        if self._loop_task is None:
+            self._loop_task = loop.create_task(self._batch_loop(), name=f"batcher {self.label}")
+        future = loop.create_future()
+        self._queue.append(_Pending(inputs, outputs, size, key, deadline, future))
+        self._arrived.set()
+        return await future
+
+    async def _batch_loop(self) -> None:
+        while True:
+            instance = await self._free.get()
+            batch = await self._collect()
+            task = asyncio.get_running_loop().create_task(self._run(instance, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _collect(self) -> list[_Pending]:
+        """Wait for the first request, then up to the queue delay for the batch to fill."""
+        while not self._live_head():
+            self._arrived.clear()
+            await self._arrived.wait()
+        start = time.monotonic()
+        until = start + self.policy.max_queue_delay_s
+        while self._queued_size() < self.policy.target and (remaining := until - time.monotonic()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        return self._take()
+
+    def _live_head(self) -> bool:
+        """Drop cancelled and expired requests from the front; is a live one left?"""
+        now = time.monotonic()
+        while self._queue:
+            head = self._queue[0]
+            if head.future.done():
+                self._queue.popleft()
+            elif head.deadline is not None and now >= head.deadline:
+                self._queue.popleft()
+                head.future.set_exception(DeadlineExceeded(f"{self.label}: the request's deadline passed in the queue"))
+            else:
+                return True
+        return False
+
+    def _queued_size(self) -> int:
+        key = self._queue[0].key if self._queue else None
+        return sum(p.size for p in self._queue if p.key == key and not p.future.done())
+
+    def _take(self) -> list[_Pending]:
+        """Requests of the head's shape, in order, up to max_batch_size; others keep their place."""
+        if not self._live_head():
+            return []
+        key, now = self._queue[0].key, time.monotonic()
+        batch, kept, total = [], collections.deque(), 0
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                item.future.set_exception(DeadlineExceeded(f"{self.label}: the request's deadline passed in the queue"))
+            elif item.key == key and total + item.size <= self.policy.max_batch_size:
+                batch.append(item)
+                total += item.size
+            else:
+                kept.append(item)
+        self._queue = kept
+        return batch
+
+    async def _run(self, instance: Instance, batch: list[_Pending]) -> None:
+        try:
+            if not batch:
+                return
+            wanted = [o for o in self._all_outputs if any(o in p.outputs for p in batch)]
+            try:
+                results = await instance.run(_merge(batch), wanted)
+            except Exception as exc:  # fail exactly the requests of this batch
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
+            offset = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result({o: results[o][offset : offset + item.size] for o in item.outputs})
+                offset += item.size
+        finally:
+            self._free.put_nowait(instance)
+
+    async def close(self) -> None:
+        """Finish running batches, fail what is still queued, stop the instances."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(DeadlineExceeded(f"{self.label}: unloaded before the request ran"))
+        for instance in self.instances:
+            await asyncio.to_thread(instance.close)
+
+
+def _merge(batch: list[_Pending]) -> dict[str, Tensor]:
+    """Concatenate the requests' inputs along the batch axis."""
+    if len(batch) == 1:
+        return batch[0].inputs
+    names = batch[0].inputs
+    return {n: (names[n][0], np.concatenate([p.inputs[n][1] for p in batch])) for n in names}
