@@ -70,3 +70,50 @@ def matmul_chain(depth: int) -> onnx.ModelProto:
         nodes.append(helper.make_node("MatMul", [previous, "x"], [out]))
         previous = out
     return graph_model(nodes, [("x", TensorProto.FLOAT, [None, None])], [("y", TensorProto.FLOAT, [None, None])])
+
+
+def batch_probe(width: int = 3) -> onnx.ModelProto:
+    """y = 2x, and n[i] = the batch size the session actually ran with (shows dynamic batching)."""
+    ints = lambda name, values: helper.make_tensor(name, TensorProto.INT64, [len(values)], values)  # noqa: E731
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["y"]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["rows"]),
+        helper.make_node("Concat", ["rows", "one"], ["out_shape"], axis=0),
+        helper.make_node("Cast", ["rows"], ["rows_f"], to=TensorProto.FLOAT),
+        helper.make_node("Expand", ["rows_f", "out_shape"], ["n"]),
+    ]
+    initializers = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]), ints("zero", [0]), ints("one", [1])]
+    return graph_model(
+        nodes,
+        [("x", TensorProto.FLOAT, [None, width])],
+        [("y", TensorProto.FLOAT, [None, width]), ("n", TensorProto.FLOAT, [None, 1])],
+        initializers,
+    )
+
+
+def gather_rows() -> onnx.ModelProto:
+    """y[i] = table[idx[i]] for a 3-entry table: an index >= 3 makes ONNX Runtime fail the run."""
+    table = helper.make_tensor("table", TensorProto.FLOAT, [3], [10.0, 20.0, 30.0])
+    return graph_model(
+        [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
+        [("idx", TensorProto.INT64, [None, 1])],
+        [("y", TensorProto.FLOAT, [None, 1])],
+        [table],
+    )
+
+
+def dense_chain(width: int = 512, depth: int = 16) -> onnx.ModelProto:
+    """x [N, width] through `depth` constant width x width matmuls: slow per row, batchable."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    weight = numpy_helper.from_array(
+        (np.random.default_rng(0).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "w"
+    )
+    nodes, previous = [], "x"
+    for i in range(depth):
+        out = "y" if i == depth - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [previous, "w"], [out]))
+        previous = out
+    return graph_model(nodes, [("x", TensorProto.FLOAT, [None, width])], [("y", TensorProto.FLOAT, [None, width])], [weight])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -123,3 +124,37 @@ def test_sigterm_finishes_in_flight_requests(repo: Path) -> None:
     for y in results:
         np.testing.assert_allclose(y, expected, rtol=1e-5)
     assert any("shutting down" in line for line in server.log)
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_workers_share_the_port_and_are_restarted(repo: Path) -> None:
+    server = ServerProcess(repo, "--workers", "2")
+    try:
+        _wait_for(lambda: sum("listening on" in line for line in server.log) == 2)
+        assert any("supervisor: 2 workers on" in line for line in server.log)
+        for _ in range(10):  # fresh connections land on either worker
+            with Client(server.address) as client:
+                assert client.predict("scale", np.ones((1, 3)))[0, 0] == 2.0
+        pids = _worker_pids(server.proc.pid)
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        _wait_for(lambda: any("restarting" in line for line in server.log))
+        _wait_for(lambda: sum("listening on" in line for line in server.log) == 3)
+        for _ in range(10):
+            with Client(server.address) as client:
+                assert client.predict("scale", np.ones((1, 3)))[0, 0] == 2.0
+        assert len(_worker_pids(server.proc.pid)) == 2
+    finally:
+        assert server.stop() == 0
+    assert any("workers exited with [0, 0]" in line for line in server.log)
