@@ -117,3 +117,12 @@ def dense_chain(width: int = 512, depth: int = 16) -> onnx.ModelProto:
         nodes.append(helper.make_node("MatMul", [previous, "w"], [out]))
         previous = out
     return graph_model(nodes, [("x", TensorProto.FLOAT, [None, width])], [("y", TensorProto.FLOAT, [None, width])], [weight])
+
+
+def cast(from_type: int, to_type: int, shape=(None, 3), name: str = "x", out: str = "y") -> onnx.ModelProto:
+    """y = Cast(x) from one ONNX element type to another (e.g. BF16 in, FP32 out)."""
+    return graph_model(
+        [helper.make_node("Cast", [name], [out], to=to_type)],
+        [(name, from_type, list(shape))],
+        [(out, to_type, list(shape))],
+    )
