@@ -35,9 +35,13 @@ class RunningServer:
     dataplane: DataPlane
     health: HealthServicer
 
+    poller: asyncio.Task | None = None
+
     async def stop(self, grace: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace`."""
         self.dataplane.draining = True
+        if self.poller is not None:
+            self.poller.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.dataplane.registry.close()
@@ -66,8 +70,8 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
         registry = ModelRegistry(
             settings.model_repository, settings.execution_providers, settings.device_id, settings.workers
         )
-        await asyncio.get_running_loop().run_in_executor(None, registry.load_all)
-    dataplane = DataPlane(registry, _package_version())
+        await registry.load_all(_startup_models(settings))
+    dataplane = DataPlane(registry, _package_version(), settings.model_control_mode)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -86,13 +90,37 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
         raise OSError(f"cannot bind gRPC port {settings.host}:{settings.grpc_port}")
     await server.start()
     await _publish_health(health, dataplane)
+    loop = asyncio.get_running_loop()
+    registry.listeners.append(lambda _name: loop.create_task(_publish_health(health, dataplane)))
     log.info("listening on %s:%d (models: %s)", settings.host, port, ", ".join(registry.names()) or "none")
-    return RunningServer(server, port, dataplane, health)
+    running = RunningServer(server, port, dataplane, health)
+    if settings.model_control_mode == "poll":
+        running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")
+    return running
+
+
+def _startup_models(settings: ServerSettings) -> list[str] | None:
+    """Models to load at start: all, except in explicit mode where --load-model says."""
+    if settings.model_control_mode != "explicit" or "*" in settings.load_model:
+        return None
+    return list(settings.load_model)
+
+
+async def _poll(registry: ModelRegistry, interval: float) -> None:
+    """Poll mode: bring the served models in line with the repository every `interval` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await registry.poll()
+        except Exception:  # keep polling; the next round may succeed
+            log.exception("repository poll failed")
 
 
 async def _publish_health(health: HealthServicer, dataplane: DataPlane) -> None:
     """grpc.health.v1: '' and the inference service follow server readiness; each model name its own."""
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    if dataplane.draining:
+        return
     overall = serving if dataplane.server_ready() else not_serving
     await health.set("", overall)
     await health.set(SERVICE_NAME, overall)

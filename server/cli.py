@@ -36,6 +36,13 @@ def register(sub: "argparse._SubParsersAction") -> None:
                         "ONNX Runtime threads are the usable CPUs divided among them (default 1)")
     p.add_argument("--exit-timeout-secs", dest="shutdown_grace_seconds", type=float,
                    help="on SIGTERM, how long in-flight requests may take to finish (default 30)")
+    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
+                   help="none: load every model at start, never change (default); poll: also pick up new, "
+                        "changed and removed models every --repository-poll-secs; explicit: load only "
+                        "--load-model at start, then as RepositoryModelLoad/Unload (or `modelport models`) say")
+    p.add_argument("--repository-poll-secs", type=float, help="poll interval in poll mode (default 15)")
+    p.add_argument("--load-model", action="append",
+                   help="explicit mode: a model to load at start; repeatable; '*' loads all")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
     p.set_defaults(func=run)
 

@@ -1,25 +1,30 @@
 """The data plane: everything between a decoded request and its outputs.
 
-Find the model and version, check readiness, validate the inputs against the signature, run
-ONNX Runtime off the event loop, shape the outputs (classification). No protobuf here.
+Find the model and version, check readiness, validate the inputs against the signature, hand
+the request to the model's scheduler, shape the outputs (classification), keep statistics.
+Also the model-repository operations behind the repository RPCs. No protobuf here.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .classification import classify
 from .config import PLATFORM
-from .registry import ModelRegistry, ModelVersion
+from .errors import ModelNotFound, ModelportError, NotAllowed
+from .registry import ModelRegistry
 from .runtime import from_ort
 from .signature import TensorSpec
 from .types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from .validation import validate
+from .versions import ModelVersion
 
 # Protocol extensions this server implements (ServerMetadata.extensions).
-EXTENSIONS = ("classification",)
+EXTENSIONS = ("classification", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
+              "model_configuration", "statistics")
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,10 @@ class ModelInfo:
 class DataPlane:
     """The server's behaviour, independent of gRPC."""
 
-    def __init__(self, registry: ModelRegistry, version: str) -> None:
+    def __init__(self, registry: ModelRegistry, version: str, control_mode: str = "none") -> None:
         self.registry = registry
         self._version = version
+        self.control_mode = control_mode
         self.draining = False  # set on shutdown: readiness turns false, in-flight work finishes
 
     def server_live(self) -> bool:
@@ -55,7 +61,7 @@ class DataPlane:
         return True
 
     def server_ready(self) -> bool:
-        """Ready for traffic: not draining, and every model of the repository serving."""
+        """Ready for traffic: not draining, and every model meant to be loaded serving."""
         return not self.draining and self.registry.all_ready()
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -72,17 +78,35 @@ class DataPlane:
         versions = tuple(str(v) for v in self.registry.versions(name))
         return ModelInfo(name, versions, PLATFORM, model.signature.inputs, model.signature.outputs)
 
-    def resolve(self, name: str, version: str = "") -> ModelVersion:
-        """The version a request goes to; NOT_FOUND / UNAVAILABLE errors otherwise.
-        While draining, gRPC itself refuses new calls; one already accepted still runs."""
+    def model_version(self, name: str, version: str = "") -> ModelVersion:
+        """A served version (for its config), without counting a request."""
         return self.registry.get(name, version)
 
+    def acquire(self, name: str, version: str = "") -> ModelVersion:
+        """The version a request goes to, counted in until `release()`: a swap or unload waits
+        for it. NOT_FOUND / UNAVAILABLE errors otherwise."""
+        return self.registry.acquire(name, version)
+
     async def infer(self, model: ModelVersion, request: InferenceRequest) -> InferenceResponse:
-        """Validate and run one request on `model`."""
-        validate(model.label, model.signature, model.spec.max_batch_size, request)
-        wanted = request.outputs or [RequestedOutput(t.name) for t in model.signature.outputs]
-        names = [w.name for w in wanted]
-        results = await model.scheduler.submit(request.inputs, names, request.deadline)
+        """Validate and run one request on `model` (acquired by the caller)."""
+        start = time.perf_counter_ns()
+        try:
+            validate(model.label, model.signature, model.spec.max_batch_size, request)
+            wanted = request.outputs or [RequestedOutput(t.name) for t in model.signature.outputs]
+            results, timing = await model.scheduler.submit(request.inputs, [w.name for w in wanted], request.deadline)
+            output_start = time.perf_counter_ns()
+            outputs = self._shape_outputs(model, wanted, results)
+            output_ns = time.perf_counter_ns() - output_start
+        except ModelportError:
+            model.stats.record_failure(time.perf_counter_ns() - start)
+            raise
+        rows = next(iter(request.inputs.values()))[1].shape[0] if model.spec.max_batch_size > 0 else 1
+        model.stats.record_success(time.perf_counter_ns() - start, timing, output_ns, rows)
+        model.stats.record_output(timing.batch_size, output_ns)
+        return InferenceResponse(model.name, str(model.version), request.id, outputs)
+
+    @staticmethod
+    def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: dict) -> dict[str, Tensor]:
         outputs: dict[str, Tensor] = {}
         for want in wanted:
             spec = model.signature.output(want.name)
@@ -94,5 +118,38 @@ class DataPlane:
                 outputs[want.name] = ("BYTES", array)
             else:
                 outputs[want.name] = (spec.datatype, array)
-        return InferenceResponse(model.name, str(model.version), request.id, outputs)
+        return outputs
 
+    def statistics(self, name: str = "", version: str = "") -> list[ModelVersion]:
+        """Served versions whose statistics are asked for ('' = all models / all versions)."""
+        if not name:
+            return [v for entry in self.registry.entries() for _, v in sorted(entry.versions.items())]
+        if version:
+            return [self.registry.get(name, version)]
+        if not self.registry.versions(name):
+            self.registry.get(name)  # raises the right NOT_FOUND / UNAVAILABLE
+        return [self.registry.get(name, str(v)) for v in self.registry.versions(name)]
+
+    def repository_index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) of every model folder and version."""
+        rows = self.registry.index()
+        return [row for row in rows if row[2] == "READY"] if ready_only else rows
+
+    async def load_model(self, name: str) -> None:
+        """RepositoryModelLoad: explicit mode only, as in Triton."""
+        self._check_explicit("load")
+        await self.registry.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        """RepositoryModelUnload: explicit mode only, as in Triton."""
+        self._check_explicit("unload")
+        if name not in self.registry.names():
+            raise ModelNotFound(f"model '{name}' is not loaded")
+        await self.registry.unload(name)
+
+    def _check_explicit(self, what: str) -> None:
+        if self.control_mode != "explicit":
+            raise NotAllowed(
+                f"explicit model {what} is not allowed with --model-control-mode {self.control_mode}; "
+                "start the server with --model-control-mode explicit"
+            )

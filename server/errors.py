@@ -49,6 +49,12 @@ class DeadlineExceeded(ModelportError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class NotAllowed(ModelportError):
+    """The operation is not allowed in the server's current mode."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ModelLoadError(ModelportError):
     """A model version could not be loaded (bad file, bad config)."""
 

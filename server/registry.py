@@ -1,146 +1,104 @@
-"""Loaded models: which versions of which model are served, and the state of each."""
+"""The models a server knows: which versions serve, the state of every version, and the
+load / unload / reload operations that change them without dropping a request.
+
+A reload loads and warms the new version beside the old one (on a worker thread, while traffic
+flows), swaps the served set in one step on the event loop, and closes what it replaced only
+after the requests already running on it have finished. A version that fails to load leaves
+whatever served before serving, and says why in its state.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelport.client._proto import model_config_pb2 as mc
-
 from . import config as cfg
+from .cpus import usable_cpus
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ModelportError
-from .repository import ModelDirectory, scan
-from .cpus import intra_op_threads, usable_cpus
-from .runtime import OnnxModel, SessionOptions
-from .scheduler import BatchingScheduler, DirectScheduler, Instance
-from .signature import Signature
+from .loader import LoaderSettings, load_version
+from .repository import scan, version_folders
+from .versions import ModelVersion, fingerprint
 
 log = logging.getLogger(__name__)
 
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+
 
 @dataclass
-class ModelVersion:
-    """One served version: its session, signature and effective config."""
+class VersionState:
+    """What RepositoryIndex says of one version."""
 
-    name: str
-    version: int
-    spec: cfg.ModelSpec
-    config: mc.ModelConfig
-    signature: Signature
-    scheduler: DirectScheduler | BatchingScheduler
-
-    @property
-    def label(self) -> str:
-        """How messages name this version."""
-        return f"model '{self.name}' version {self.version}"
+    state: str
+    reason: str = ""
 
 
 @dataclass
 class ModelEntry:
-    """A model of the repository: its served versions, or why it has none."""
+    """One model of the repository: the versions it serves and the state of each."""
 
     name: str
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    errors: dict[int, str] = field(default_factory=dict)  # version (0: the whole model) -> reason
+    versions: dict[int, ModelVersion] = field(default_factory=dict)  # served, by version
+    states: dict[int, VersionState] = field(default_factory=dict)
+    error: str = ""  # a problem of the whole model (config), "" when none
+    wanted: bool = False  # loaded on purpose (start-up, poll or RepositoryModelLoad)
+    seen: tuple = ()  # the model folder's files at the last load attempt
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
     def ready(self) -> bool:
-        """Serving at least one version, with none of the wanted ones failed."""
-        return bool(self.versions) and not self.errors
+        """Serving at least one version."""
+        return bool(self.versions)
 
 
 class ModelRegistry:
-    """Every model the server knows, loaded from a Triton-layout repository."""
+    """Every model of one Triton-layout repository, and the operations that change them."""
 
     def __init__(
         self, root: Path, providers: tuple[str, ...] = ("cpu",), device_id: int = 0, workers: int = 1
     ) -> None:
         self.root = root
-        self.providers = providers
-        self.device_id = device_id
-        self.workers = workers
-        self.cpus = usable_cpus()
-        self._models: dict[str, ModelEntry] = {}
+        self.settings = LoaderSettings(providers, device_id, workers, usable_cpus())
+        self._entries: dict[str, ModelEntry] = {}
+        self._retiring: set[asyncio.Task] = set()
+        self.listeners: list[Callable[[str], None]] = []  # told the model name after every change
 
-    def load_all(self) -> None:
-        """Load every model of the repository; a model that fails is recorded, not fatal."""
-        for directory in scan(self.root).values():
-            self._models[directory.name] = self._load(directory)
-
-    def _load(self, directory: ModelDirectory) -> ModelEntry:
-        entry = ModelEntry(directory.name)
-        try:
-            spec = cfg.model_spec(directory.name, cfg.read_config(directory.path))
-        except ModelLoadError as exc:
-            log.error("model load failed: %s", exc)
-            entry.errors[0] = exc.message
-            return entry
-        wanted = spec.version_policy.select(directory.versions)
-        if not wanted:
-            entry.errors[0] = f"model '{directory.name}': no version folder matches its version policy"
-            log.error("model load failed: %s", entry.errors[0])
-        for version in wanted:
-            try:
-                entry.versions[version] = self._load_version(directory, spec, version)
-                log.info("model loaded: name=%s version=%d", directory.name, version)
-            except ModelLoadError as exc:
-                log.error("model load failed: %s", exc)
-                entry.errors[version] = exc.message
-        return entry
-
-    def _load_version(self, directory: ModelDirectory, spec: cfg.ModelSpec, version: int) -> ModelVersion:
-        label = f"model '{spec.name}' version {version}"
-        path = directory.path / str(version) / spec.model_filename
-        if not path.is_file():
-            raise ModelLoadError(f"{label}: {path} does not exist")
-        instances = [
-            Instance(OnnxModel(path, self._session_options(spec, kind), f"{label}"), i)
-            for i, kind in enumerate(spec.instances)
-        ]
-        config, signature = cfg.complete(spec, instances[0].model.signature, directory.path, version)
-        if spec.batching is None:
-            scheduler: DirectScheduler | BatchingScheduler = DirectScheduler(label, instances)
-        else:
-            scheduler = BatchingScheduler(label, instances, spec.batching, [t.name for t in signature.outputs])
-        return ModelVersion(spec.name, version, spec, config, signature, scheduler)
-
-    def _session_options(self, spec: cfg.ModelSpec, kind: str) -> SessionOptions:
-        """Session options of one instance: threads from the config, else the usable CPUs shared
-        among worker processes and all instances of this model."""
-        threads = spec.intra_op_threads or intra_op_threads(self.cpus, self.workers, len(spec.instances))
-        providers, device = self.providers, self.device_id
-        if kind == "cpu":
-            providers = ("cpu",)
-        elif kind.startswith("gpu:"):
-            providers, device = tuple(p for p in self.providers if p != "cpu") or ("cuda",), int(kind[4:])
-        return SessionOptions(threads, spec.inter_op_threads, spec.graph_level, providers, device)
-
-    # ------------------------------------------------------------ lookups
+    # ------------------------------------------------------------ lookups (event loop)
 
     def names(self) -> list[str]:
-        """Names of all models, served or failed."""
-        return sorted(self._models)
+        """Models that were ever asked to load, by name."""
+        return sorted(self._entries)
 
     def entries(self) -> list[ModelEntry]:
-        """All model entries, by name."""
-        return [self._models[n] for n in self.names()]
+        """Their entries, by name."""
+        return [self._entries[n] for n in self.names()]
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The served version asked for ('' = the newest served one)."""
-        entry = self._models.get(name)
+        entry = self._entries.get(name)
         if entry is None:
-            known = ", ".join(f"'{n}'" for n in self.names()) or "none"
-            raise ModelNotFound(f"model '{name}' is not found; models in the repository: {known}")
+            known = ", ".join(f"'{n}'" for n, e in sorted(self._entries.items()) if e.versions) or "none"
+            raise ModelNotFound(f"model '{name}' is not found; models being served: {known}")
         if not entry.versions:
-            reason = "; ".join(entry.errors.values()) or "no version loaded"
-            raise ModelNotReady(f"model '{name}' is not ready: {reason}")
+            raise ModelNotReady(f"model '{name}' is not ready: {self._why_not(entry)}")
         if not version:
             return entry.versions[max(entry.versions)]
-        served = ", ".join(str(v) for v in sorted(entry.versions))
         if not version.isdigit() or int(version) not in entry.versions:
+            served = ", ".join(str(v) for v in sorted(entry.versions))
             raise ModelNotFound(f"model '{name}' has no served version '{version}'; served versions: {served}")
         return entry.versions[int(version)]
+
+    def acquire(self, name: str, version: str = "") -> ModelVersion:
+        """get() and count the request in; the caller must release() the version when done."""
+        return self.get(name, version).acquire()
+
+    @staticmethod
+    def _why_not(entry: ModelEntry) -> str:
+        reasons = [entry.error] if entry.error else []
+        reasons += [f"version {v}: {s.reason}" for v, s in sorted(entry.states.items()) if s.reason]
+        return "; ".join(reasons) or ("not loaded" if not entry.wanted else "no version loaded")
 
     def is_ready(self, name: str, version: str = "") -> bool:
         """Whether `name` (and `version`) can take requests now."""
@@ -151,16 +109,181 @@ class ModelRegistry:
         return True
 
     def all_ready(self) -> bool:
-        """Every model of the repository is serving (Triton's strict readiness)."""
-        return all(entry.ready for entry in self._models.values())
+        """Every model that should be loaded is serving (Triton's strict readiness)."""
+        return all(entry.ready for entry in self._entries.values() if entry.wanted)
 
     def versions(self, name: str) -> list[int]:
         """Served versions of `name`, ascending (empty when unknown)."""
-        entry = self._models.get(name)
+        entry = self._entries.get(name)
         return sorted(entry.versions) if entry else []
+
+    def index(self) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model folder and every version with a state."""
+        rows = []
+        on_disk = set(scan(self.root)) if self.root.is_dir() else set()
+        for name in sorted(on_disk | set(self._entries)):
+            entry = self._entries.get(name)
+            if entry is None or (not entry.states and not entry.error):
+                rows.append((name, "", UNAVAILABLE, "not loaded" if entry is None or not entry.wanted else ""))
+                continue
+            if entry.error:
+                rows.append((name, "", UNAVAILABLE, entry.error))
+            rows.extend((name, str(v), s.state, s.reason) for v, s in sorted(entry.states.items()))
+        return rows
+
+    # ------------------------------------------------------------ changes
+
+    async def load_all(self, names: list[str] | None = None) -> None:
+        """Load the named models (default: every model folder); failures are logged, not raised."""
+        for name in names if names is not None else sorted(scan(self.root)):
+            try:
+                await self.load(name)
+            except ModelportError as exc:
+                log.error("model load failed: %s", exc)
+
+    async def load(self, name: str) -> None:
+        """Load or reload `name`: versions its policy wants and whose files changed are loaded
+        beside what serves, then swapped in; versions no longer wanted retire."""
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        entry.wanted = True
+        async with entry.lock:
+            try:
+                await self._load_locked(entry)
+            except ModelNotFound:
+                if not entry.states and not entry.versions:
+                    del self._entries[name]  # never existed: leave no trace
+                raise
+            finally:
+                self._notify(name)
+
+    async def _load_locked(self, entry: ModelEntry) -> None:
+        directory = self.root / entry.name
+        if not directory.is_dir():
+            self._retire_all(entry, "removed from the repository")
+            raise ModelNotFound(f"model '{entry.name}' is not in the repository {self.root}")
+        entry.seen = folder_stamp(directory)
+        try:
+            spec = cfg.model_spec(entry.name, cfg.read_config(directory))
+            wanted = spec.version_policy.select(version_folders(directory))
+            if not wanted:
+                raise ModelLoadError(f"model '{entry.name}': no version folder matches its version policy")
+        except ModelLoadError as exc:
+            entry.error = exc.message
+            raise
+        entry.error = ""
+        served, failures = await self._load_versions(entry, directory, spec, wanted)
+        self._swap(entry, served, failures)
+        if failures:
+            raise ModelLoadError("; ".join(failures.values()))
+
+    async def _load_versions(
+        self, entry: ModelEntry, directory: Path, spec: cfg.ModelSpec, wanted: list[int]
+    ) -> tuple[dict[int, ModelVersion], dict[int, str]]:
+        served: dict[int, ModelVersion] = {}
+        failures: dict[int, str] = {}
+        for version in wanted:
+            old = entry.versions.get(version)
+            if old is not None and old.stamp == fingerprint(directory, version, spec.model_filename) and old.spec == spec:
+                served[version] = old
+                continue
+            if old is None:
+                entry.states[version] = VersionState(LOADING)
+            try:
+                served[version] = await asyncio.to_thread(load_version, directory, spec, version, self.settings)
+                log.info("model loaded: name=%s version=%d", entry.name, version)
+            except ModelLoadError as exc:
+                log.error("model load failed: name=%s version=%d reason=%s", entry.name, version, exc.message)
+                failures[version] = exc.message
+                if old is not None:
+                    served[version] = old  # the previous files keep serving
+        return served, failures
+
+    def _swap(self, entry: ModelEntry, served: dict[int, ModelVersion], failures: dict[int, str]) -> None:
+        """Make `served` the served set in one step, then retire what it replaced."""
+        replaced = [old for v, old in entry.versions.items() if served.get(v) is not old]
+        entry.versions = served
+        for version in served:
+            reason = f"reload failed, previous files still serving: {failures[version]}" if version in failures else ""
+            entry.states[version] = VersionState(READY, reason)
+        for version, reason in failures.items():
+            if version not in served:
+                entry.states[version] = VersionState(UNAVAILABLE, reason)
+        for old in replaced:
+            self._retire(entry, old, "unloaded")
+
+    def _retire(self, entry: ModelEntry, old: ModelVersion, reason: str) -> None:
+        if old.version not in entry.versions:
+            entry.states[old.version] = VersionState(UNLOADING)
+
+        async def close() -> None:
+            await old.close_when_idle()
+            if old.version not in entry.versions:
+                entry.states[old.version] = VersionState(UNAVAILABLE, reason)
+            log.info("model unloaded: name=%s version=%d", old.name, old.version)
+            self._notify(entry.name)
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _retire_all(self, entry: ModelEntry, reason: str) -> None:
+        old_versions, entry.versions = list(entry.versions.values()), {}
+        for old in old_versions:
+            self._retire(entry, old, reason)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`; requests already running finish first."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"model '{name}' is not loaded")
+        entry.wanted = False
+        async with entry.lock:
+            self._retire_all(entry, "unloaded")
+        self._notify(name)
+
+    async def poll(self) -> None:
+        """Bring the served set in line with the repository: new and changed models load,
+        removed ones unload. Unchanged failures are not retried until their files change."""
+        on_disk = scan(self.root)
+        for name, directory in on_disk.items():
+            entry = self._entries.get(name)
+            if entry is None or folder_stamp(directory.path) != entry.seen:
+                try:
+                    await self.load(name)
+                except ModelportError as exc:
+                    log.error("model load failed: %s", exc)
+        for name, entry in list(self._entries.items()):
+            if name not in on_disk and (entry.versions or entry.wanted):
+                log.info("model removed from the repository: name=%s", name)
+                await self.unload(name)
+
+    def _notify(self, name: str) -> None:
+        for listener in self.listeners:
+            listener(name)
+
+    async def wait_retired(self) -> None:
+        """Wait until every retiring version has closed."""
+        while self._retiring:
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)
 
     async def close(self) -> None:
         """Stop every model's instances once their running work is done."""
-        for entry in self._models.values():
-            for version in entry.versions.values():
-                await version.scheduler.close()
+        for entry in self._entries.values():
+            self._retire_all(entry, "server stopped")
+        await self.wait_retired()
+
+
+def folder_stamp(directory: Path) -> tuple:
+    """Sizes and mtimes of every file under a model folder (hidden ones, such as a converter's
+    half-written version, excluded): a change means the model needs a look."""
+    stamp = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        stamp.append((str(relative), info.st_size, info.st_mtime_ns))
+    return tuple(stamp)

@@ -19,7 +19,10 @@ import numpy as np
 
 from .errors import DeadlineExceeded, QueueFull
 from .runtime import OnnxModel
+from .statistics import Timing, VersionStats
 from .types import Tensor
+
+Results = dict[str, np.ndarray]
 
 
 class Instance:
@@ -30,13 +33,18 @@ class Instance:
         self.busy = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{model.label}#{index}")
 
-    async def run(self, inputs: dict[str, Tensor], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Run on this instance's thread, off the event loop."""
+    async def run(self, inputs: dict[str, Tensor], outputs: Sequence[str]) -> tuple[Results, int, int]:
+        """Run on this instance's thread, off the event loop: (results, start time, run time in ns)."""
         self.busy += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self.model.run, inputs, outputs)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, inputs, outputs)
         finally:
             self.busy -= 1
+
+    def _timed(self, inputs: dict[str, Tensor], outputs: Sequence[str]) -> tuple[Results, int, int]:
+        start = time.perf_counter_ns()
+        results = self.model.run(inputs, outputs)
+        return results, start, time.perf_counter_ns() - start
 
     def close(self) -> None:
         """Let queued work finish, then stop the thread."""
@@ -51,17 +59,22 @@ def _check_deadline(label: str, deadline: float | None) -> None:
 class DirectScheduler:
     """Every request runs by itself on the least busy instance."""
 
-    def __init__(self, label: str, instances: Sequence[Instance]) -> None:
+    def __init__(self, label: str, instances: Sequence[Instance], stats: VersionStats) -> None:
         self.label = label
         self.instances = list(instances)
+        self.stats = stats
 
     async def submit(
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[Results, Timing]:
         """Run one request; DeadlineExceeded if its deadline already passed."""
         _check_deadline(self.label, deadline)
+        submitted = time.perf_counter_ns()
         instance = min(self.instances, key=lambda i: i.busy)
-        return await instance.run(inputs, outputs)
+        results, started, infer_ns = await instance.run(inputs, outputs)
+        rows = _rows(inputs)
+        self.stats.record_execution(rows, 0, infer_ns)
+        return results, Timing(started - submitted, 0, infer_ns, rows)
 
     async def close(self) -> None:
         """Stop the instances' threads once their work is done."""
@@ -77,6 +90,7 @@ class _Pending:
     key: tuple
     deadline: float | None
     future: asyncio.Future = field(repr=False)
+    submitted: int = field(default_factory=time.perf_counter_ns)
 
 
 @dataclass(frozen=True)
@@ -98,8 +112,16 @@ class BatchingPolicy:
 class BatchingScheduler:
     """Dynamic batching over a model's instances (one batch per instance at a time)."""
 
-    def __init__(self, label: str, instances: Sequence[Instance], policy: BatchingPolicy, outputs: Sequence[str]) -> None:
+    def __init__(
+        self,
+        label: str,
+        instances: Sequence[Instance],
+        stats: VersionStats,
+        policy: BatchingPolicy,
+        outputs: Sequence[str],
+    ) -> None:
         self.label = label
+        self.stats = stats
         self.instances = list(instances)
         self.policy = policy
         self._all_outputs = list(outputs)
@@ -113,12 +135,12 @@ class BatchingScheduler:
 
     async def submit(
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None
-    ) -> dict[str, np.ndarray]:
+    ) -> tuple[Results, Timing]:
         """Queue one request and wait for its share of a batch."""
         _check_deadline(self.label, deadline)
         if self.policy.max_queue_size and len(self._queue) >= self.policy.max_queue_size:
             raise QueueFull(f"{self.label}: queue is full ({self.policy.max_queue_size} requests waiting); retry later")
-        size = next(iter(inputs.values()))[1].shape[0]
+        size = _rows(inputs)
         key = tuple((name, dt, array.shape[1:]) for name, (dt, array) in sorted(inputs.items()))
         loop = asyncio.get_running_loop()
         if self._loop_task is None:
@@ -194,17 +216,23 @@ class BatchingScheduler:
             if not batch:
                 return
             wanted = [o for o in self._all_outputs if any(o in p.outputs for p in batch)]
+            merge_start = time.perf_counter_ns()
+            merged = _merge(batch)
+            input_ns = time.perf_counter_ns() - merge_start
             try:
-                results = await instance.run(_merge(batch), wanted)
+                results, started, infer_ns = await instance.run(merged, wanted)
             except Exception as exc:  # fail exactly the requests of this batch
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
+            total = sum(item.size for item in batch)
+            self.stats.record_execution(total, input_ns, infer_ns)
             offset = 0
             for item in batch:
                 if not item.future.done():
-                    item.future.set_result({o: results[o][offset : offset + item.size] for o in item.outputs})
+                    timing = Timing(started - item.submitted - input_ns, input_ns, infer_ns, total)
+                    item.future.set_result(({o: results[o][offset : offset + item.size] for o in item.outputs}, timing))
                 offset += item.size
         finally:
             self._free.put_nowait(instance)
@@ -220,6 +248,12 @@ class BatchingScheduler:
                 item.future.set_exception(DeadlineExceeded(f"{self.label}: unloaded before the request ran"))
         for instance in self.instances:
             await asyncio.to_thread(instance.close)
+
+
+def _rows(inputs: dict[str, Tensor]) -> int:
+    """Rows of a request: the first dimension of its inputs (1 for scalars)."""
+    array = next(iter(inputs.values()))[1]
+    return int(array.shape[0]) if array.ndim else 1
 
 
 def _merge(batch: list[_Pending]) -> dict[str, Tensor]:

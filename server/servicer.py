@@ -5,6 +5,7 @@ Domain errors become gRPC status codes in `_rpc`, the one place that does so.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -20,10 +21,13 @@ from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
 from .dataplane import DataPlane
 from .errors import InvalidInput, ModelportError, status_of
 from .signature import TensorSpec
+from .statistics import Duration
 from .types import InferenceRequest, RequestedOutput
+from .versions import ModelVersion
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+STREAM_WINDOW = 64  # requests of one stream running at once
 
 
 def _rpc(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
@@ -80,22 +84,138 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        model = self._dp.resolve(request.model_name, request.model_version)
+        return await self._infer(request, _deadline(context))
+
+    async def ModelStreamInfer(self, requests, context) -> None:
+        """Bidirectional stream: requests run concurrently (up to STREAM_WINDOW at once) and
+        responses go back as they complete, each carrying its request's id; an error becomes
+        that response's error_message and the stream stays open."""
+        responses: asyncio.Queue = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        tasks: set[asyncio.Task] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                result = pb.ModelStreamInferResponse(infer_response=await self._infer(request, _deadline(context)))
+            except Exception as exc:
+                code, message = status_of(exc)
+                if not isinstance(exc, ModelportError):
+                    log.exception("stream request failed unexpectedly")
+                result = pb.ModelStreamInferResponse(error_message=message)
+                result.infer_response.id = request.id
+                result.infer_response.model_name = request.model_name
+            finally:
+                window.release()
+            await responses.put(result)
+
+        async def read() -> None:
+            async for request in requests:
+                await window.acquire()
+                task = asyncio.get_running_loop().create_task(one(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks))
+            await responses.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
         try:
-            inputs = codec.decode_inputs(request)
-        except codec.CodecError as exc:
-            raise InvalidInput(f"{model.label}: {exc}") from None
-        decoded = InferenceRequest(
-            model=request.model_name,
-            version=request.model_version,
-            id=request.id,
-            inputs=inputs,
-            outputs=[RequestedOutput(o.name, _class_count(model.label, o)) for o in request.outputs],
-            deadline=_deadline(context),
-        )
-        result = await self._dp.infer(model, decoded)
+            while (response := await responses.get()) is not None:
+                await context.write(response)
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+        model = self._dp.acquire(request.model_name, request.model_version)
+        try:
+            try:
+                inputs = codec.decode_inputs(request)
+            except codec.CodecError as exc:
+                raise InvalidInput(f"{model.label}: {exc}") from None
+            decoded = InferenceRequest(
+                model=request.model_name,
+                version=request.model_version,
+                id=request.id,
+                inputs=inputs,
+                outputs=[RequestedOutput(o.name, _class_count(model.label, o)) for o in request.outputs],
+                deadline=deadline,
+            )
+            result = await self._dp.infer(model, decoded)
+        finally:
+            model.release()
         response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
         return codec.encode_outputs(response, result.outputs)
+
+    @_rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self._dp.model_version(request.name, request.version).config)
+
+    @_rpc
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
+        versions = self._dp.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(v) for v in versions])
+
+    @_rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+        rows = self._dp.repository_index(request.ready)
+        index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[index(name=n, version=v, state=state, reason=reason) for n, v, state, reason in rows]
+        )
+
+    @_rpc
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
+        _no_parameters(request.model_name, request.parameters, allowed=())
+        await self._dp.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context
+    ) -> pb.RepositoryModelUnloadResponse:
+        _no_parameters(request.model_name, request.parameters, allowed=("unload_dependents",))
+        await self._dp.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def _no_parameters(model: str, parameters, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(parameters) - set(allowed))
+    if unknown:
+        raise InvalidInput(f"model '{model}': repository parameters {unknown} are not supported")
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _statistics(version: ModelVersion) -> pb.ModelStatistics:
+    s = version.stats
+    return pb.ModelStatistics(
+        name=version.name,
+        version=str(version.version),
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(s.success),
+            fail=_duration(s.fail),
+            queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input),
+            compute_infer=_duration(s.compute_infer),
+            compute_output=_duration(s.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=_duration(b.compute_input),
+                compute_infer=_duration(b.compute_infer),
+                compute_output=_duration(b.compute_output),
+            )
+            for size, b in sorted(s.batches.items())
+        ],
+    )
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

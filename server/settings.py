@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,4 +25,7 @@ class ServerSettings(BaseSettings):
     device_id: int = Field(0, ge=0, description="GPU for the cuda/tensorrt providers")
     workers: int = Field(1, ge=1, description="server processes sharing the port")
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    model_control_mode: Literal["none", "poll", "explicit"] = "none"
+    repository_poll_secs: float = Field(15.0, gt=0)
+    load_model: tuple[str, ...] = ()  # explicit mode: models to load at start ("*": all)
     log_level: str = "INFO"

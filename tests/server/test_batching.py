@@ -79,8 +79,8 @@ def test_different_shapes_are_batched_separately(tmp_path: Path, start_server) -
 def _registry(tmp_path: Path, model, config: str) -> ModelRegistry:
     models.save(model, tmp_path, "m", config=config)
     registry = ModelRegistry(tmp_path)
-    registry.load_all()
-    assert registry.is_ready("m"), registry.entries()[0].errors
+    asyncio.run(registry.load_all())
+    assert registry.is_ready("m"), registry.index()
     return registry
 
 
@@ -104,7 +104,8 @@ def test_failure_fails_exactly_the_requests_of_its_batch(tmp_path: Path) -> None
     first, second = asyncio.run(run())
     assert all(isinstance(r, InferenceFailed) for r in first), first
     assert "Gather" in str(first[0])
-    assert [float(r["y"][0, 0]) for r in second] == [30.0, 20.0, 10.0, 10.0]
+    assert [float(r[0]["y"][0, 0]) for r in second] == [30.0, 20.0, 10.0, 10.0]
+    assert all(timing.batch_size == 4 for _, timing in second)
 
 
 def test_expired_request_is_dropped_before_it_runs(tmp_path: Path) -> None:
@@ -164,13 +165,14 @@ def test_deadline_passing_in_the_queue_drops_the_request(tmp_path: Path) -> None
         return results
 
     busy, doomed, good = asyncio.run(run())
-    assert isinstance(busy, dict), busy
+    assert isinstance(busy, tuple), busy
     assert isinstance(doomed, DeadlineExceeded) and "deadline passed in the queue" in str(doomed)
-    assert isinstance(good, dict) and good["y"].shape == (1, 1024)
+    assert isinstance(good, tuple) and good[0]["y"].shape == (1, 1024)
+    assert good[1].batch_size == 1  # the expired request did not ride along
 
 
 def test_dynamic_batching_needs_max_batch_size(tmp_path: Path) -> None:
     models.save(models.batch_probe(), tmp_path, "m", config="dynamic_batching { }")
     registry = ModelRegistry(tmp_path)
-    registry.load_all()
-    assert "dynamic_batching needs max_batch_size > 0" in registry.entries()[0].errors[0]
+    asyncio.run(registry.load_all())
+    assert "dynamic_batching needs max_batch_size > 0" in registry.entries()[0].error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,11 @@ from modelport.server import config as cfg
 from modelport.server.errors import ModelLoadError
 from modelport.server.registry import ModelRegistry
 from tests import models
+
+
+def _reasons(registry: ModelRegistry) -> str:
+    """Every reason the registry gives for models and versions that do not serve."""
+    return " ".join(reason for *_, reason in registry.index())
 
 
 @pytest.mark.parametrize(
@@ -36,7 +42,7 @@ def test_versions_sort_numerically_and_policy_applies_on_load(tmp_path: Path) ->
         models.save(models.scale(float(version)), tmp_path, "m", version)
     (tmp_path / "m" / "config.pbtxt").write_text("version_policy: { latest: { num_versions: 2 } }")
     registry = ModelRegistry(tmp_path)
-    registry.load_all()
+    asyncio.run(registry.load_all())
     assert registry.versions("m") == [9, 10]
     assert registry.get("m").version == 10
 
@@ -61,7 +67,7 @@ def test_syntax_error_is_a_load_error(tmp_path: Path) -> None:
 def test_autocomplete_with_max_batch_size(tmp_path: Path) -> None:
     models.save(models.add_mul(4), tmp_path, "m", config="max_batch_size: 16\n")
     registry = ModelRegistry(tmp_path)
-    registry.load_all()
+    asyncio.run(registry.load_all())
     version = registry.get("m")
     assert [(t.name, t.shape) for t in version.signature.inputs] == [("a", (-1, 4)), ("b", (-1, 4))]
     config = version.config
@@ -99,9 +105,9 @@ def test_config_fixes_a_dynamic_dimension(tmp_path: Path, start_server) -> None:
 def test_mismatched_config_fails_to_load_with_reason(tmp_path: Path, config: str, message: str) -> None:
     models.save(models.add_mul(4), tmp_path, "m", config=config)
     registry = ModelRegistry(tmp_path)
-    registry.load_all()
+    asyncio.run(registry.load_all())
     assert not registry.is_ready("m")
-    reasons = " ".join(e.errors.get(1, "") + e.errors.get(0, "") for e in registry.entries())
+    reasons = _reasons(registry)
     assert "model 'm'" in reasons
     assert __import__("re").search(message, reasons), reasons
 
@@ -109,12 +115,12 @@ def test_mismatched_config_fails_to_load_with_reason(tmp_path: Path, config: str
 def test_max_batch_size_needs_dynamic_first_dimension(tmp_path: Path) -> None:
     models.save(models.identity(TensorProto.FLOAT, shape=(2, 3)), tmp_path, "m", config="max_batch_size: 4")
     registry = ModelRegistry(tmp_path)
-    registry.load_all()
-    assert "needs a dynamic first dimension" in registry.entries()[0].errors[1]
+    asyncio.run(registry.load_all())
+    assert "needs a dynamic first dimension" in _reasons(registry)
 
 
 def test_specific_policy_with_missing_versions_reports_reason(tmp_path: Path) -> None:
     models.save(models.scale(), tmp_path, "m", 1, config="version_policy: { specific: { versions: [4] } }")
     registry = ModelRegistry(tmp_path)
-    registry.load_all()
-    assert "no version folder matches" in registry.entries()[0].errors[0]
+    asyncio.run(registry.load_all())
+    assert "no version folder matches" in _reasons(registry)

@@ -180,7 +180,7 @@ def test_failed_model_makes_server_unready_but_others_serve(tmp_path: Path, star
     assert err.value.code == grpc.StatusCode.UNAVAILABLE and "broken" in err.value.message
 
 
-def test_extension_rpcs_answer_unimplemented(server) -> None:
+def test_unsupported_extensions_answer_unimplemented(server) -> None:
     peer = triton.InferenceServerClient(server.address)
     with pytest.raises(Exception, match="UNIMPLEMENTED"):
-        peer.get_model_repository_index()
+        peer.get_system_shared_memory_status()

@@ -1,0 +1,158 @@
+"""Build one servable model version from disk: sessions, signature, scheduler, warmup.
+
+Runs on a worker thread (loading can take seconds); nothing here touches the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modelport.client._proto import model_config_pb2 as mc
+
+from . import config as cfg
+from .cpus import intra_op_threads
+from .errors import ModelLoadError, ModelportError
+from .runtime import OnnxModel, SessionOptions
+from .scheduler import BatchingScheduler, DirectScheduler, Instance
+from .signature import CONFIG_TO_DATATYPE, Signature
+from .statistics import VersionStats
+from .versions import ModelVersion, fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """Server-wide facts every model's sessions depend on."""
+
+    providers: tuple[str, ...] = ("cpu",)
+    device_id: int = 0
+    workers: int = 1
+    cpus: int = 1
+
+
+def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: LoaderSettings) -> ModelVersion:
+    """Load, check against the config, and warm up; ModelLoadError with the reason otherwise."""
+    label = f"model '{spec.name}' version {version}"
+    path = model_dir / str(version) / spec.model_filename
+    if not path.is_file():
+        raise ModelLoadError(f"{label}: {path} does not exist")
+    stamp = fingerprint(model_dir, version, spec.model_filename)
+    instances = [Instance(OnnxModel(path, _options(spec, kind, settings), label), i) for i, kind in enumerate(spec.instances)]
+    try:
+        config, signature = cfg.complete(spec, instances[0].model.signature, model_dir, version)
+        for instance in instances:
+            warm_up(label, model_dir, config, signature, spec.max_batch_size, instance.model)
+    except Exception:
+        for instance in instances:
+            instance.close()
+        raise
+    stats = VersionStats()
+    if spec.batching is None:
+        scheduler: DirectScheduler | BatchingScheduler = DirectScheduler(label, instances, stats)
+    else:
+        scheduler = BatchingScheduler(label, instances, stats, spec.batching, [t.name for t in signature.outputs])
+    return ModelVersion(spec.name, version, spec, config, signature, scheduler, stats, stamp)
+
+
+def _options(spec: cfg.ModelSpec, kind: str, settings: LoaderSettings) -> SessionOptions:
+    """One instance's session options: threads from the config, else the usable CPUs shared
+    among worker processes and all instances of this model."""
+    threads = spec.intra_op_threads or intra_op_threads(settings.cpus, settings.workers, len(spec.instances))
+    providers, device = settings.providers, settings.device_id
+    if kind == "cpu":
+        providers = ("cpu",)
+    elif kind.startswith("gpu:"):
+        providers, device = tuple(p for p in settings.providers if p != "cpu") or ("cuda",), int(kind[4:])
+    return SessionOptions(threads, spec.inter_op_threads, spec.graph_level, providers, device)
+
+
+def warm_up(
+    label: str, model_dir: Path, config: mc.ModelConfig, signature: Signature, max_batch_size: int, model: OnnxModel
+) -> None:
+    """Run the config's model_warmup samples, or zeros at the largest batch when it has none.
+
+    A configured warmup that fails fails the load. The default one is skipped when the model has
+    free dimensions besides the batch one, since no shape can be guessed that it surely accepts.
+    """
+    samples = [(w.name or f"warmup {i}", max(w.count, 1), _warmup_inputs(label, model_dir, w, max_batch_size))
+               for i, w in enumerate(config.model_warmup)]
+    if not samples:
+        default = _default_inputs(signature, max_batch_size)
+        if default is None:
+            log.info("%s: no default warmup (dimensions besides the batch are free)", label)
+            return
+        samples = [("default zeros", 1, default)]
+    outputs = [t.name for t in signature.outputs]
+    for name, count, inputs in samples:
+        for _ in range(count):
+            try:
+                model.run(inputs, outputs)
+            except ModelportError as exc:
+                raise ModelLoadError(f"{label}: warmup '{name}' failed: {exc}") from exc
+
+
+def _default_inputs(signature: Signature, max_batch_size: int) -> dict | None:
+    inputs = {}
+    for spec in signature.inputs:
+        shape = list(spec.shape)
+        if max_batch_size > 0:
+            shape[0] = max_batch_size
+        if -1 in shape:
+            return None
+        inputs[spec.name] = (spec.datatype, _zeros(spec.datatype, shape))
+    return inputs
+
+
+def _warmup_inputs(label: str, model_dir: Path, warmup: mc.ModelWarmup, max_batch_size: int) -> dict:
+    inputs = {}
+    rng = np.random.default_rng(0)
+    for name, spec in warmup.inputs.items():
+        datatype = CONFIG_TO_DATATYPE.get(mc.DataType.Name(spec.data_type))
+        if datatype is None:
+            raise ModelLoadError(f"{label}: warmup input '{name}' has no data_type")
+        shape = ([max(warmup.batch_size, 1)] if max_batch_size > 0 else []) + list(spec.dims)
+        kind = spec.WhichOneof("input_data_type")
+        if kind == "random_data":
+            data = _random(rng, datatype, shape)
+        elif kind == "input_data_file":
+            data = _from_file(label, model_dir / "warmup" / spec.input_data_file, datatype, shape)
+        else:
+            data = _zeros(datatype, shape)
+        inputs[name] = (datatype, data)
+    return inputs
+
+
+def _zeros(datatype: str, shape: list[int]) -> np.ndarray:
+    from modelport.client.codec import NUMPY_DTYPES
+
+    if datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])
+
+
+def _random(rng: np.random.Generator, datatype: str, shape: list[int]) -> np.ndarray:
+    from modelport.client.codec import NUMPY_DTYPES
+
+    if datatype == "BYTES":
+        return np.full(shape, b"x", dtype=object)
+    dtype = NUMPY_DTYPES[datatype]
+    if dtype.kind == "f":
+        return rng.random(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) > 0.5
+    return rng.integers(0, 2, size=shape).astype(dtype)
+
+
+def _from_file(label: str, path: Path, datatype: str, shape: list[int]) -> np.ndarray:
+    """Triton's input_data_file: raw bytes in the protocol's layout, in <model>/warmup/."""
+    from modelport.client import codec
+
+    try:
+        return codec.from_raw(path.read_bytes(), datatype, shape, f"warmup file {path.name}")
+    except (OSError, codec.CodecError) as exc:
+        raise ModelLoadError(f"{label}: {exc}") from exc
