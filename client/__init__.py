@@ -8,7 +8,7 @@
 from .aio import AsyncClient, AsyncModel
 from .client import Client, Model
 from .errors import InferenceServerError
-from .types import ModelMetadata, ServerMetadata, TensorInfo
+from .types import ModelIndexEntry, ModelMetadata, ServerMetadata, TensorInfo
 
 __all__ = [
     "AsyncClient",
@@ -16,6 +16,7 @@ __all__ = [
     "Client",
     "InferenceServerError",
     "Model",
+    "ModelIndexEntry",
     "ModelMetadata",
     "ServerMetadata",
     "TensorInfo",

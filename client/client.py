@@ -12,8 +12,9 @@ from . import codec
 from ._common import channel_spec, chunks, predict_plan, prepare
 from ._proto import grpc_service_pb2 as pb
 from ._proto import grpc_service_pb2_grpc as pb_grpc
+from ._proto import model_config_pb2 as mc
 from .errors import InferenceServerError
-from .types import ModelMetadata, ServerMetadata
+from .types import ModelIndexEntry, ModelMetadata, ServerMetadata
 
 
 class Client:
@@ -109,6 +110,32 @@ class Client:
     def model(self, name: str, version: str = "") -> "Model":
         """A handle bound to one model, like Keras' `load_model(...)`."""
         return Model(self, name, version)
+
+    # ------------------------------------------------------------ repository, config, statistics
+
+    def repository_index(self, *, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
+        """RepositoryIndex: every model (version) of the repository with its state and reason."""
+        msg = self._call(self._stub.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready_only), timeout)
+        return [ModelIndexEntry(m.name, m.version, m.state, m.reason) for m in msg.models]
+
+    def load_model(self, name: str, *, timeout: float | None = None) -> None:
+        """RepositoryModelLoad: load or reload `name` (server in explicit mode)."""
+        self._call(self._stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=name), timeout)
+
+    def unload_model(self, name: str, *, timeout: float | None = None) -> None:
+        """RepositoryModelUnload: stop serving `name` once its running requests finish."""
+        self._call(self._stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name=name), timeout)
+
+    def model_config(self, name: str, version: str = "", *, timeout: float | None = None) -> mc.ModelConfig:
+        """ModelConfig: the effective configuration (protobuf `inference.ModelConfig`)."""
+        request = pb.ModelConfigRequest(name=name, version=version)
+        return (self._call(self._stub.ModelConfig, request, timeout)).config
+
+    def model_statistics(
+        self, name: str = "", version: str = "", *, timeout: float | None = None
+    ) -> pb.ModelStatisticsResponse:
+        """ModelStatistics (protobuf answer, as Triton's): counts and cumulative durations per version."""
+        return self._call(self._stub.ModelStatistics, pb.ModelStatisticsRequest(name=name, version=version), timeout)
 
     # ------------------------------------------------------------ lifetime
 

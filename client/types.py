@@ -40,3 +40,13 @@ class ServerMetadata:
     name: str
     version: str
     extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelIndexEntry:
+    """One row of RepositoryIndex: a model (version) and its state."""
+
+    name: str
+    version: str
+    state: str
+    reason: str

@@ -172,6 +172,10 @@ class ModelRegistry:
             raise
         entry.error = ""
         served, failures = await self._load_versions(entry, directory, spec, wanted)
+        if failures:
+            # Something wanted failed: what served before keeps serving, even versions the policy
+            # would now drop, until a reload succeeds.
+            served = {**entry.versions, **served}
         self._swap(entry, served, failures)
         if failures:
             raise ModelLoadError("; ".join(failures.values()))
