@@ -18,6 +18,7 @@ from modelport.client._proto import grpc_service_pb2 as pb
 from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
+from .metrics import Metrics
 from .registry import ModelRegistry
 from .servicer import InferenceServicer
 from .settings import ServerSettings
@@ -36,6 +37,7 @@ class RunningServer:
     health: HealthServicer
 
     poller: asyncio.Task | None = None
+    metrics_port: int | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace`."""
@@ -66,12 +68,13 @@ def _reflection_pool():
 
 async def start_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
     """Load the repository (unless a registry is given), bind, start serving."""
+    metrics = Metrics() if settings.allow_metrics else None
     if registry is None:
         registry = ModelRegistry(
-            settings.model_repository, settings.execution_providers, settings.device_id, settings.workers
+            settings.model_repository, settings.execution_providers, settings.device_id, settings.workers, metrics
         )
         await registry.load_all(_startup_models(settings))
-    dataplane = DataPlane(registry, _package_version(), settings.model_control_mode)
+    dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -94,6 +97,8 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     registry.listeners.append(lambda _name: loop.create_task(_publish_health(health, dataplane)))
     log.info("listening on %s:%d (models: %s)", settings.host, port, ", ".join(registry.names()) or "none")
     running = RunningServer(server, port, dataplane, health)
+    if metrics is not None:
+        running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")
     return running

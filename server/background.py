@@ -17,6 +17,7 @@ class BackgroundServer:
 
     def __init__(self, model_repository: Path | str, **settings: Any) -> None:
         settings.setdefault("grpc_port", 0)
+        settings.setdefault("metrics_port", 0)
         settings.setdefault("host", "127.0.0.1")
         self.settings = ServerSettings(model_repository=Path(model_repository), **settings)
         self._loop = asyncio.new_event_loop()

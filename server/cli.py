@@ -24,6 +24,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     )
     p.add_argument("--model-repository", required=True, help="folder with <name>/<version>/model.onnx")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
+    p.add_argument("--metrics-port", type=int,
+                   help="Prometheus /metrics port (default 8002; with --workers N, worker i uses port + i)")
+    p.add_argument("--allow-metrics", type=_bool, help="serve /metrics (default true)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--grpc-max-message-size", dest="max_message_bytes", type=int,
                    help="largest request or response in bytes (default 64 MiB)")
@@ -45,6 +48,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="explicit mode: a model to load at start; repeatable; '*' loads all")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
     p.set_defaults(func=run)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 from .classification import classify
 from .config import PLATFORM
 from .errors import ModelNotFound, ModelportError, NotAllowed
+from .metrics import Metrics
 from .registry import ModelRegistry
 from .runtime import from_ort
 from .signature import TensorSpec
@@ -50,8 +51,11 @@ class ModelInfo:
 class DataPlane:
     """The server's behaviour, independent of gRPC."""
 
-    def __init__(self, registry: ModelRegistry, version: str, control_mode: str = "none") -> None:
+    def __init__(
+        self, registry: ModelRegistry, version: str, control_mode: str = "none", metrics: Metrics | None = None
+    ) -> None:
         self.registry = registry
+        self.metrics = metrics
         self._version = version
         self.control_mode = control_mode
         self.draining = False  # set on shutdown: readiness turns false, in-flight work finishes
@@ -85,7 +89,16 @@ class DataPlane:
     def acquire(self, name: str, version: str = "") -> ModelVersion:
         """The version a request goes to, counted in until `release()`: a swap or unload waits
         for it. NOT_FOUND / UNAVAILABLE errors otherwise."""
-        return self.registry.acquire(name, version)
+        model = self.registry.acquire(name, version)
+        if self.metrics is not None:
+            self.metrics.request_started(model.name, model.version)
+        return model
+
+    def release(self, model: ModelVersion) -> None:
+        """The request that acquired `model` is answered."""
+        model.release()
+        if self.metrics is not None:
+            self.metrics.request_finished(model.name, model.version)
 
     async def infer(self, model: ModelVersion, request: InferenceRequest) -> InferenceResponse:
         """Validate and run one request on `model` (acquired by the caller)."""
@@ -97,12 +110,17 @@ class DataPlane:
             output_start = time.perf_counter_ns()
             outputs = self._shape_outputs(model, wanted, results)
             output_ns = time.perf_counter_ns() - output_start
-        except ModelportError:
+        except ModelportError as exc:
             model.stats.record_failure(time.perf_counter_ns() - start)
+            if self.metrics is not None:
+                self.metrics.failed(model.name, model.version, exc.code.name)
             raise
         rows = next(iter(request.inputs.values()))[1].shape[0] if model.spec.max_batch_size > 0 else 1
-        model.stats.record_success(time.perf_counter_ns() - start, timing, output_ns, rows)
+        total_ns = time.perf_counter_ns() - start
+        model.stats.record_success(total_ns, timing, output_ns, rows)
         model.stats.record_output(timing.batch_size, output_ns)
+        if self.metrics is not None:
+            self.metrics.succeeded(model.name, model.version, total_ns, timing, output_ns, rows)
         return InferenceResponse(model.name, str(model.version), request.id, outputs)
 
     @staticmethod

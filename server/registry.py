@@ -19,6 +19,7 @@ from . import config as cfg
 from .cpus import usable_cpus
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ModelportError
 from .loader import LoaderSettings, load_version
+from .metrics import Metrics
 from .repository import scan, version_folders
 from .versions import ModelVersion, fingerprint
 
@@ -57,9 +58,15 @@ class ModelRegistry:
     """Every model of one Triton-layout repository, and the operations that change them."""
 
     def __init__(
-        self, root: Path, providers: tuple[str, ...] = ("cpu",), device_id: int = 0, workers: int = 1
+        self,
+        root: Path,
+        providers: tuple[str, ...] = ("cpu",),
+        device_id: int = 0,
+        workers: int = 1,
+        metrics: Metrics | None = None,
     ) -> None:
         self.root = root
+        self.metrics = metrics
         self.settings = LoaderSettings(providers, device_id, workers, usable_cpus())
         self._entries: dict[str, ModelEntry] = {}
         self._retiring: set[asyncio.Task] = set()
@@ -191,13 +198,16 @@ class ModelRegistry:
                 served[version] = old
                 continue
             if old is None:
-                entry.states[version] = VersionState(LOADING)
+                self._set_state(entry, version, VersionState(LOADING))
             try:
-                served[version] = await asyncio.to_thread(load_version, directory, spec, version, self.settings)
+                served[version] = loaded = await asyncio.to_thread(load_version, directory, spec, version, self.settings)
+                self._observe(loaded)
                 log.info("model loaded: name=%s version=%d", entry.name, version)
             except ModelLoadError as exc:
                 log.error("model load failed: name=%s version=%d reason=%s", entry.name, version, exc.message)
                 failures[version] = exc.message
+                if self.metrics is not None:
+                    self.metrics.load_failed(entry.name, version)
                 if old is not None:
                     served[version] = old  # the previous files keep serving
         return served, failures
@@ -208,21 +218,21 @@ class ModelRegistry:
         entry.versions = served
         for version in served:
             reason = f"reload failed, previous files still serving: {failures[version]}" if version in failures else ""
-            entry.states[version] = VersionState(READY, reason)
+            self._set_state(entry, version, VersionState(READY, reason))
         for version, reason in failures.items():
             if version not in served:
-                entry.states[version] = VersionState(UNAVAILABLE, reason)
+                self._set_state(entry, version, VersionState(UNAVAILABLE, reason))
         for old in replaced:
             self._retire(entry, old, "unloaded")
 
     def _retire(self, entry: ModelEntry, old: ModelVersion, reason: str) -> None:
         if old.version not in entry.versions:
-            entry.states[old.version] = VersionState(UNLOADING)
+            self._set_state(entry, old.version, VersionState(UNLOADING))
 
         async def close() -> None:
             await old.close_when_idle()
             if old.version not in entry.versions:
-                entry.states[old.version] = VersionState(UNAVAILABLE, reason)
+                self._set_state(entry, old.version, VersionState(UNAVAILABLE, reason))
             log.info("model unloaded: name=%s version=%d", old.name, old.version)
             self._notify(entry.name)
 
@@ -260,6 +270,17 @@ class ModelRegistry:
             if name not in on_disk and (entry.versions or entry.wanted):
                 log.info("model removed from the repository: name=%s", name)
                 await self.unload(name)
+
+    def _set_state(self, entry: ModelEntry, version: int, state: VersionState) -> None:
+        entry.states[version] = state
+        if self.metrics is not None:
+            self.metrics.set_state(entry.name, str(version), state.state)
+
+    def _observe(self, loaded: ModelVersion) -> None:
+        """Feed the version's executions to the metrics."""
+        if self.metrics is not None:
+            metrics, name, version = self.metrics, loaded.name, loaded.version
+            loaded.stats.on_execution = lambda size: metrics.executed(name, version, size)
 
     def _notify(self, name: str) -> None:
         for listener in self.listeners:

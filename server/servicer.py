@@ -144,7 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             result = await self._dp.infer(model, decoded)
         finally:
-            model.release()
+            self._dp.release(model)
         response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
         return codec.encode_outputs(response, result.outputs)
 

@@ -19,6 +19,8 @@ class ServerSettings(BaseSettings):
     model_repository: Path
     host: str = "0.0.0.0"
     grpc_port: int = Field(8001, ge=0, le=65535)
+    metrics_port: int = Field(8002, ge=0, le=65535, description="Prometheus /metrics; worker i of --workers uses port + i")
+    allow_metrics: bool = True
     # 64 MiB: a 224x224x3 FP32 batch of 64 (~38.5 MiB) fits with room for the envelope.
     max_message_bytes: int = Field(64 * MIB, gt=0)
     execution_providers: tuple[str, ...] = ("cpu",)

@@ -9,6 +9,7 @@ thread; compute_output = splitting the batch and shaping outputs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -58,10 +59,13 @@ class VersionStats:
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    on_execution: Callable[[int], None] | None = field(default=None, repr=False)  # metrics hook
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int) -> None:
         """One run of the session on `batch_size` rows."""
         self.execution_count += 1
+        if self.on_execution is not None:
+            self.on_execution(batch_size)
         stats = self.batches.setdefault(batch_size, BatchStats())
         stats.compute_input.add(input_ns)
         stats.compute_infer.add(infer_ns)

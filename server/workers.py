@@ -37,6 +37,8 @@ def _worker_main(settings: ServerSettings, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
     from .app import run
 
+    if settings.metrics_port:  # one /metrics per worker: port, port + 1, ...
+        settings = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
     asyncio.run(run(settings))
 
 

@@ -26,7 +26,8 @@ class ServerProcess:
 
     def __init__(self, repository: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [*CLI, "serve", "--model-repository", str(repository), "--grpc-port", "0", "--host", "127.0.0.1", *extra],
+            [*CLI, "serve", "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "0",
+             "--host", "127.0.0.1", *extra],
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -94,6 +95,20 @@ def test_serve_two_models_and_predict_command(server: ServerProcess, tmp_path: P
     with np.load(tmp_path / "out.npz") as out_npz:
         np.testing.assert_array_equal(out_npz["sum"], np.full((1, 4), 3, np.float32))
         np.testing.assert_array_equal(out_npz["prod"], np.full((1, 4), 2, np.float32))
+
+
+def test_metrics_endpoint_counts_requests(server: ServerProcess) -> None:
+    import urllib.request
+
+    client = Client(server.address)
+    for _ in range(3):
+        client.predict("scale", np.ones((2, 3)))
+    port = next(re.search(r"metrics on http://[^:]+:(\d+)/metrics", line).group(1)
+                for line in server.log if "metrics on" in line)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'modelport_inference_request_success_total{model="scale",version="1"} 3.0' in text
+    assert 'modelport_model_state{model="scale",state="READY",version="1"} 1.0' in text
+    assert "modelport_queue_duration_seconds_bucket" in text and "process_resident_memory_bytes" in text
 
 
 def test_predict_command_reports_server_errors(server: ServerProcess, tmp_path: Path) -> None:

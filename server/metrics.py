@@ -1,0 +1,98 @@
+"""Prometheus metrics, on an injected registry (no global state), served on --metrics-port.
+
+Names follow Triton's nv_inference_* in spirit with our own prefix. Durations are histograms,
+not averaged gauges, so `rate()` over them (and an HPA on queue time) sees what really happened.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.process_collector import ProcessCollector
+
+from .statistics import Timing
+
+log = logging.getLogger(__name__)
+
+LABELS = ("model", "version")
+# From 100 µs to 60 s: covers a tiny MLP on CPU and a large batch on a busy GPU.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+STATES = ("READY", "LOADING", "UNLOADING", "UNAVAILABLE")
+
+
+class Metrics:
+    """Every metric the server exports, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        r = self.registry
+        self.success = Counter("modelport_inference_request_success", "Requests that succeeded", LABELS, registry=r)
+        self.failure = Counter(
+            "modelport_inference_request_failure", "Requests that failed, by gRPC status code", (*LABELS, "code"), registry=r
+        )
+        self.inferences = Counter("modelport_inference_count", "Inferences performed (rows of a batch each count)", LABELS, registry=r)
+        self.executions = Counter("modelport_inference_exec_count", "Model executions (a dynamic batch counts once)", LABELS, registry=r)
+        self.pending = Gauge("modelport_inference_pending_requests", "Requests received and not yet answered", LABELS, registry=r)
+        self.request_time = self._histogram("modelport_request_duration_seconds", "End-to-end time of a request in the server")
+        self.queue_time = self._histogram("modelport_queue_duration_seconds", "Time waiting for an instance (and the batcher)")
+        self.input_time = self._histogram("modelport_compute_input_duration_seconds", "Time preparing inputs (merging a batch)")
+        self.infer_time = self._histogram("modelport_compute_infer_duration_seconds", "Time in ONNX Runtime")
+        self.output_time = self._histogram("modelport_compute_output_duration_seconds", "Time shaping outputs")
+        self.batch_size = Histogram(
+            "modelport_batch_size", "Rows per model execution", LABELS, buckets=BATCH_BUCKETS, registry=r
+        )
+        self.state = Gauge("modelport_model_state", "1 for the state a model version is in", (*LABELS, "state"), registry=r)
+        self.load_failures = Counter(
+            "modelport_model_load_failures", "Model version loads that failed (reason in RepositoryIndex and the log)",
+            LABELS, registry=r,
+        )
+
+    def _histogram(self, name: str, doc: str) -> Histogram:
+        return Histogram(name, doc, LABELS, buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def request_started(self, model: str, version: int) -> None:
+        """A request resolved to this version."""
+        self.pending.labels(model, str(version)).inc()
+
+    def request_finished(self, model: str, version: int) -> None:
+        """It was answered (either way)."""
+        self.pending.labels(model, str(version)).dec()
+
+    def succeeded(self, model: str, version: int, total_ns: int, timing: Timing, output_ns: int, rows: int) -> None:
+        """One successful request with its phases."""
+        labels = (model, str(version))
+        self.success.labels(*labels).inc()
+        self.inferences.labels(*labels).inc(rows)
+        self.request_time.labels(*labels).observe(total_ns / 1e9)
+        self.queue_time.labels(*labels).observe(timing.queue_ns / 1e9)
+        self.input_time.labels(*labels).observe(timing.input_ns / 1e9)
+        self.infer_time.labels(*labels).observe(timing.infer_ns / 1e9)
+        self.output_time.labels(*labels).observe(output_ns / 1e9)
+
+    def failed(self, model: str, version: int, code: str) -> None:
+        """One failed request of a known model version."""
+        self.failure.labels(model, str(version), code).inc()
+
+    def executed(self, model: str, version: int, batch_size: int) -> None:
+        """One model execution of `batch_size` rows."""
+        self.executions.labels(model, str(version)).inc()
+        self.batch_size.labels(model, str(version)).observe(batch_size)
+
+    def set_state(self, model: str, version: str, state: str) -> None:
+        """The state gauge: 1 for `state`, 0 for the others."""
+        for name in STATES:
+            self.state.labels(model, version, name).set(1 if name == state else 0)
+
+    def load_failed(self, model: str, version: int) -> None:
+        """A version failed to load."""
+        self.load_failures.labels(model, str(version)).inc()
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics over HTTP on a background thread; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = server.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
