@@ -15,12 +15,13 @@ EPILOG = """examples:
   modelport serve --model-repository ./models --grpc-port 8001
   modelport convert model.keras --model-repository ./models --name mlp
   modelport predict --url localhost:8001 --model mlp --input x.npy
+  modelport models --url localhost:8001 list
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
-    from modelport.client import predict_cli
+    from modelport.client import bench_cli, evaluate_cli, models_cli, predict_cli
     from modelport.converter import cli as convert_cli
     from modelport.server import cli as serve_cli
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"modelport {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (serve_cli, convert_cli, predict_cli):
+    for module in (serve_cli, convert_cli, predict_cli, bench_cli, models_cli, evaluate_cli):
         module.register(sub)
     return parser
 

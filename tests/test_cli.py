@@ -71,7 +71,7 @@ def server(repo: Path) -> Iterator[ServerProcess]:
 
 
 def test_help_texts_have_examples() -> None:
-    for command in ([], ["serve"], ["predict"], ["convert"]):
+    for command in ([], ["serve"], ["predict"], ["convert"], ["bench"], ["models"]):
         out = subprocess.run([*CLI, *command, "--help"], capture_output=True, text=True, check=True).stdout
         assert "example" in out, command
 
