@@ -10,6 +10,8 @@ import numpy as np
 
 from . import codec
 from ._common import channel_spec, chunks, predict_plan, prepare
+from ._proto import feedback_pb2 as fb
+from ._proto import feedback_pb2_grpc as fb_grpc
 from ._proto import grpc_service_pb2 as pb
 from ._proto import grpc_service_pb2_grpc as pb_grpc
 from ._proto import model_config_pb2 as mc
@@ -37,6 +39,7 @@ class Client:
         else:
             self._channel = grpc.secure_channel(spec.target, spec.credentials, options=spec.options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._feedback = fb_grpc.FeedbackStub(self._channel)
         self.timeout = timeout
         self._metadata: dict[tuple[str, str], ModelMetadata] = {}
 
@@ -110,6 +113,12 @@ class Client:
     def model(self, name: str, version: str = "") -> "Model":
         """A handle bound to one model, like Keras' `load_model(...)`."""
         return Model(self, name, version)
+
+    def report_label(self, model: str, request_id: str, labels, *, timeout: float | None = None) -> bool:
+        """Report the true class of each row of an earlier request sent with `request_id`, for the
+        server's rolling accuracy/precision/recall/F1. False if the server no longer waits for it."""
+        request = fb.ReportLabelRequest(model_name=model, id=request_id, labels=[int(v) for v in np.ravel(labels)])
+        return (self._call(self._feedback.ReportLabel, request, timeout)).matched
 
     # ------------------------------------------------------------ repository, config, statistics
 

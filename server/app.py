@@ -17,8 +17,12 @@ from modelport.client._proto import _pool
 from modelport.client._proto import grpc_service_pb2 as pb
 from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
 
+from modelport.client._proto import feedback_pb2, feedback_pb2_grpc
+
 from .dataplane import DataPlane
+from .feedback import FeedbackServicer
 from .metrics import Metrics
+from .quality import QualityMonitor
 from .registry import ModelRegistry
 from .servicer import InferenceServicer
 from .settings import ServerSettings
@@ -74,7 +78,8 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
             settings.model_repository, settings.execution_providers, settings.device_id, settings.workers, metrics
         )
         await registry.load_all(_startup_models(settings))
-    dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics)
+    quality = QualityMonitor(settings.quality_window, settings.quality_pending, metrics)
+    dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics, quality)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -83,9 +88,10 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    names = [SERVICE_NAME, feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server, pool=_reflection_pool())
     host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")

@@ -16,6 +16,7 @@ from .classification import classify
 from .config import PLATFORM
 from .errors import ModelNotFound, ModelportError, NotAllowed
 from .metrics import Metrics
+from .quality import QualityMonitor
 from .registry import ModelRegistry
 from .runtime import from_ort
 from .signature import TensorSpec
@@ -52,10 +53,16 @@ class DataPlane:
     """The server's behaviour, independent of gRPC."""
 
     def __init__(
-        self, registry: ModelRegistry, version: str, control_mode: str = "none", metrics: Metrics | None = None
+        self,
+        registry: ModelRegistry,
+        version: str,
+        control_mode: str = "none",
+        metrics: Metrics | None = None,
+        quality: QualityMonitor | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.quality = quality
         self._version = version
         self.control_mode = control_mode
         self.draining = False  # set on shutdown: readiness turns false, in-flight work finishes
@@ -121,7 +128,16 @@ class DataPlane:
         model.stats.record_output(timing.batch_size, output_ns)
         if self.metrics is not None:
             self.metrics.succeeded(model.name, model.version, total_ns, timing, output_ns, rows)
+        if request.id and self.quality is not None:
+            self._remember(model, request.id, results)
         return InferenceResponse(model.name, str(model.version), request.id, outputs)
+
+    def _remember(self, model: ModelVersion, request_id: str, results: dict) -> None:
+        """Keep the predicted classes (from the model's first output) for labelled feedback."""
+        first = next((t.name for t in model.signature.outputs if t.name in results), None)
+        spec = model.signature.output(first) if first else None
+        if spec is not None and spec.datatype not in ("BYTES", "BF16"):
+            self.quality.remember(model.name, request_id, np.asarray(results[first]))
 
     @staticmethod
     def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: dict) -> dict[str, Tensor]:

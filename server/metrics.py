@@ -11,6 +11,7 @@ import logging
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
+from .quality import Scores
 from .statistics import Timing
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,16 @@ class Metrics:
         self.load_failures = Counter(
             "modelport_model_load_failures", "Model version loads that failed (reason in RepositoryIndex and the log)",
             LABELS, registry=r,
+        )
+        quality = ("model",)
+        self.quality_gauges = {
+            name: Gauge(f"modelport_quality_{name}", f"Rolling {doc} over the labelled-feedback window", quality, registry=r)
+            for name, doc in (("accuracy", "accuracy"), ("precision", "macro precision"), ("recall", "macro recall"),
+                              ("f1", "macro F1"), ("window", "number of labelled rows in"))
+        }
+        self.feedback_labels = Counter("modelport_feedback_labels", "Labelled rows paired with a prediction", quality, registry=r)
+        self.feedback_unknown = Counter(
+            "modelport_feedback_unknown", "Label reports for ids not waiting (unknown, expired or repeated)", quality, registry=r
         )
 
     def _histogram(self, name: str, doc: str) -> Histogram:
@@ -89,6 +100,17 @@ class Metrics:
     def load_failed(self, model: str, version: int) -> None:
         """A version failed to load."""
         self.load_failures.labels(model, str(version)).inc()
+
+    def quality(self, model: str, scores: Scores, rows: int) -> None:
+        """New rolling quality after a label report of `rows` rows."""
+        self.feedback_labels.labels(model).inc(rows)
+        for name, value in (("accuracy", scores.accuracy), ("precision", scores.precision), ("recall", scores.recall),
+                            ("f1", scores.f1), ("window", scores.count)):
+            self.quality_gauges[name].labels(model).set(value)
+
+    def feedback_unknown_id(self, model: str) -> None:
+        """A label report whose id was not waiting."""
+        self.feedback_unknown.labels(model).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on a background thread; returns the bound port."""

@@ -30,4 +30,6 @@ class ServerSettings(BaseSettings):
     model_control_mode: Literal["none", "poll", "explicit"] = "none"
     repository_poll_secs: float = Field(15.0, gt=0)
     load_model: tuple[str, ...] = ()  # explicit mode: models to load at start ("*": all)
+    quality_window: int = Field(1000, gt=0, description="labelled rows behind the rolling quality metrics")
+    quality_pending: int = Field(10000, gt=0, description="request ids per model waiting for a label")
     log_level: str = "INFO"

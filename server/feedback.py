@@ -1,0 +1,27 @@
+"""modelport.v1.Feedback: clients report true labels for earlier requests (by id)."""
+
+from __future__ import annotations
+
+import logging
+
+from modelport.client._proto import feedback_pb2 as fb
+from modelport.client._proto import feedback_pb2_grpc as fb_grpc
+
+from .errors import InvalidInput
+from .quality import QualityMonitor
+from .servicer import _rpc
+
+log = logging.getLogger(__name__)
+
+
+class FeedbackServicer(fb_grpc.FeedbackServicer):
+    """The gRPC face of the QualityMonitor."""
+
+    def __init__(self, monitor: QualityMonitor) -> None:
+        self._monitor = monitor
+
+    @_rpc
+    async def ReportLabel(self, request: fb.ReportLabelRequest, context) -> fb.ReportLabelResponse:
+        if not request.model_name or not request.id or not request.labels:
+            raise InvalidInput("ReportLabel needs model_name, id and at least one label")
+        return fb.ReportLabelResponse(matched=self._monitor.report(request.model_name, request.id, list(request.labels)))
