@@ -28,6 +28,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[str, int], _VersionMetrics] = {}
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         r = self.registry
         self.success = Counter("modelport_inference_request_success", "Requests that succeeded", LABELS, registry=r)
@@ -64,24 +65,32 @@ class Metrics:
     def _histogram(self, name: str, doc: str) -> Histogram:
         return Histogram(name, doc, LABELS, buckets=LATENCY_BUCKETS, registry=self.registry)
 
+    def _bound(self, model: str, version: int) -> "_VersionMetrics":
+        # labels() costs a lock and a tuple hash per call; a request touches ~10 children.
+        key = (model, version)
+        bound = self._children.get(key)
+        if bound is None:
+            bound = self._children[key] = _VersionMetrics(self, model, str(version))
+        return bound
+
     def request_started(self, model: str, version: int) -> None:
         """A request resolved to this version."""
-        self.pending.labels(model, str(version)).inc()
+        self._bound(model, version).pending.inc()
 
     def request_finished(self, model: str, version: int) -> None:
         """It was answered (either way)."""
-        self.pending.labels(model, str(version)).dec()
+        self._bound(model, version).pending.dec()
 
     def succeeded(self, model: str, version: int, total_ns: int, timing: Timing, output_ns: int, rows: int) -> None:
         """One successful request with its phases."""
-        labels = (model, str(version))
-        self.success.labels(*labels).inc()
-        self.inferences.labels(*labels).inc(rows)
-        self.request_time.labels(*labels).observe(total_ns / 1e9)
-        self.queue_time.labels(*labels).observe(timing.queue_ns / 1e9)
-        self.input_time.labels(*labels).observe(timing.input_ns / 1e9)
-        self.infer_time.labels(*labels).observe(timing.infer_ns / 1e9)
-        self.output_time.labels(*labels).observe(output_ns / 1e9)
+        m = self._bound(model, version)
+        m.success.inc()
+        m.inferences.inc(rows)
+        m.request_time.observe(total_ns / 1e9)
+        m.queue_time.observe(timing.queue_ns / 1e9)
+        m.input_time.observe(timing.input_ns / 1e9)
+        m.infer_time.observe(timing.infer_ns / 1e9)
+        m.output_time.observe(output_ns / 1e9)
 
     def failed(self, model: str, version: int, code: str) -> None:
         """One failed request of a known model version."""
@@ -89,8 +98,9 @@ class Metrics:
 
     def executed(self, model: str, version: int, batch_size: int) -> None:
         """One model execution of `batch_size` rows."""
-        self.executions.labels(model, str(version)).inc()
-        self.batch_size.labels(model, str(version)).observe(batch_size)
+        m = self._bound(model, version)
+        m.executions.inc()
+        m.batch_size.observe(batch_size)
 
     def set_state(self, model: str, version: str, state: str) -> None:
         """The state gauge: 1 for `state`, 0 for the others."""
@@ -118,3 +128,20 @@ class Metrics:
         bound = server.server_address[1]
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
+
+
+class _VersionMetrics:
+    """The children of every per-request metric for one model version, looked up once."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        labels = (model, version)
+        self.pending = metrics.pending.labels(*labels)
+        self.success = metrics.success.labels(*labels)
+        self.inferences = metrics.inferences.labels(*labels)
+        self.executions = metrics.executions.labels(*labels)
+        self.request_time = metrics.request_time.labels(*labels)
+        self.queue_time = metrics.queue_time.labels(*labels)
+        self.input_time = metrics.input_time.labels(*labels)
+        self.infer_time = metrics.infer_time.labels(*labels)
+        self.output_time = metrics.output_time.labels(*labels)
+        self.batch_size = metrics.batch_size.labels(*labels)
