@@ -75,7 +75,13 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     metrics = Metrics() if settings.allow_metrics else None
     if registry is None:
         registry = ModelRegistry(
-            settings.model_repository, settings.execution_providers, settings.device_id, settings.workers, metrics
+            settings.model_repository,
+            settings.execution_providers,
+            settings.device_id,
+            settings.workers,
+            metrics,
+            settings.drift_window,
+            settings.drift_sample_rate,
         )
         await registry.load_all(_startup_models(settings))
     quality = QualityMonitor(settings.quality_window, settings.quality_pending, metrics)
@@ -104,6 +110,7 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     log.info("listening on %s:%d (models: %s)", settings.host, port, ", ".join(registry.names()) or "none")
     running = RunningServer(server, port, dataplane, health)
     if metrics is not None:
+        metrics.track_drift(registry.served)
         running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")

@@ -16,13 +16,21 @@ from .classification import classify
 from .config import PLATFORM
 from .errors import ModelNotFound, ModelportError, NotAllowed
 from .metrics import Metrics
-from .quality import QualityMonitor
+from .quality import QualityMonitor, predicted_classes
 from .registry import ModelRegistry
 from .runtime import from_ort
 from .signature import TensorSpec
 from .types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from .validation import validate
 from .versions import ModelVersion
+
+MAX_CLASSES = 1000  # predicted-class counters are kept for outputs up to this wide
+
+
+def _probabilities(scores) -> bool:
+    array = np.asarray(scores)
+    return bool(array.size) and float(array.min()) >= 0.0 and float(array.max()) <= 1.0
+
 
 # Protocol extensions this server implements (ServerMetadata.extensions).
 EXTENSIONS = ("classification", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
@@ -130,6 +138,10 @@ class DataPlane:
             self.metrics.succeeded(model.name, model.version, total_ns, timing, output_ns, rows)
         if request.id and self.quality is not None:
             self._remember(model, request.id, results)
+        if model.drift is not None:
+            model.drift.observe(request.inputs)
+        if self.metrics is not None:
+            self._count_classes(model, results)
         return InferenceResponse(model.name, str(model.version), request.id, outputs)
 
     def _remember(self, model: ModelVersion, request_id: str, results: dict) -> None:
@@ -138,6 +150,18 @@ class DataPlane:
         spec = model.signature.output(first) if first else None
         if spec is not None and spec.datatype not in ("BYTES", "BF16"):
             self.quality.remember(model.name, request_id, np.asarray(results[first]))
+
+    def _count_classes(self, model: ModelVersion, results: dict) -> None:
+        """The distribution of predicted classes, for classifier-shaped first outputs."""
+        spec = model.signature.outputs[0]
+        scores = results.get(spec.name)
+        if scores is None or spec.datatype in ("BYTES", "BF16") or not np.ndim(scores):
+            return
+        width = int(np.prod(np.shape(scores)[1:], dtype=np.int64))
+        if width > MAX_CLASSES or (width == 1 and spec.datatype[0] == "F" and not _probabilities(scores)):
+            return  # a regression output, or too many classes to count
+        classes = predicted_classes(np.asarray(scores))
+        self.metrics.predicted(model.name, model.version, np.bincount(classes[classes >= 0], minlength=1))
 
     @staticmethod
     def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: dict) -> dict[str, Tensor]:
@@ -157,7 +181,7 @@ class DataPlane:
     def statistics(self, name: str = "", version: str = "") -> list[ModelVersion]:
         """Served versions whose statistics are asked for ('' = all models / all versions)."""
         if not name:
-            return [v for entry in self.registry.entries() for _, v in sorted(entry.versions.items())]
+            return self.registry.served()
         if version:
             return [self.registry.get(name, version)]
         if not self.registry.versions(name):

@@ -15,6 +15,7 @@ from modelport.client._proto import model_config_pb2 as mc
 
 from . import config as cfg
 from .cpus import intra_op_threads
+from .drift import DriftTracker, read_references
 from .errors import ModelLoadError, ModelportError
 from .runtime import OnnxModel, SessionOptions
 from .scheduler import BatchingScheduler, DirectScheduler, Instance
@@ -33,6 +34,8 @@ class LoaderSettings:
     device_id: int = 0
     workers: int = 1
     cpus: int = 1
+    drift_window: int = 1000
+    drift_sample_rate: float = 1.0
 
 
 def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: LoaderSettings) -> ModelVersion:
@@ -56,7 +59,8 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
         scheduler: DirectScheduler | BatchingScheduler = DirectScheduler(label, instances, stats)
     else:
         scheduler = BatchingScheduler(label, instances, stats, spec.batching, [t.name for t in signature.outputs])
-    return ModelVersion(spec.name, version, spec, config, signature, scheduler, stats, stamp)
+    drift = DriftTracker(read_references(model_dir / str(version)), settings.drift_window, settings.drift_sample_rate)
+    return ModelVersion(spec.name, version, spec, config, signature, scheduler, stats, stamp, drift)
 
 
 def _options(spec: cfg.ModelSpec, kind: str, settings: LoaderSettings) -> SessionOptions:

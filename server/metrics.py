@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from prometheus_client.process_collector import ProcessCollector
 
 from .quality import Scores
@@ -57,6 +61,10 @@ class Metrics:
             for name, doc in (("accuracy", "accuracy"), ("precision", "macro precision"), ("recall", "macro recall"),
                               ("f1", "macro F1"), ("window", "number of labelled rows in"))
         }
+        self.predicted_class = Counter(
+            "modelport_predicted_class", "Predicted classes of classifier outputs (argmax, or sigmoid >= 0.5)",
+            (*LABELS, "class"), registry=r,
+        )
         self.feedback_labels = Counter("modelport_feedback_labels", "Labelled rows paired with a prediction", quality, registry=r)
         self.feedback_unknown = Counter(
             "modelport_feedback_unknown", "Label reports for ids not waiting (unknown, expired or repeated)", quality, registry=r
@@ -122,6 +130,16 @@ class Metrics:
         """A label report whose id was not waiting."""
         self.feedback_unknown.labels(model).inc()
 
+    def predicted(self, model: str, version: int, counts) -> None:
+        """Add a request's predicted-class counts (index = class)."""
+        for cls, count in enumerate(counts):
+            if count:
+                self.predicted_class.labels(model, str(version), str(cls)).inc(int(count))
+
+    def track_drift(self, served: Callable[[], Iterable]) -> None:
+        """Export drift scores of the versions `served()` returns, computed at scrape time."""
+        self.registry.register(_DriftCollector(served))
+
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on a background thread; returns the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -145,3 +163,30 @@ class _VersionMetrics:
         self.infer_time = metrics.infer_time.labels(*labels)
         self.output_time = metrics.output_time.labels(*labels)
         self.batch_size = metrics.batch_size.labels(*labels)
+
+
+class _DriftCollector(Collector):
+    """modelport_drift_score / modelport_drift_window_rows, read from each version's tracker."""
+
+    def __init__(self, served: Callable[[], Iterable]) -> None:
+        self._served = served
+
+    def collect(self):
+        score = GaugeMetricFamily(
+            "modelport_drift_score",
+            "Mean standardised shift of the input's features from the converter's reference (in reference stds)",
+            labels=("model", "version", "input"),
+        )
+        rows = GaugeMetricFamily(
+            "modelport_drift_window_rows", "Rows in the drift window", labels=("model", "version", "input")
+        )
+        for version in list(self._served()):
+            if version.drift is None:
+                continue
+            for name, drift in version.drift.inputs.items():
+                value, count = drift.score()
+                labels = [version.name, str(version.version), name]
+                score.add_metric(labels, value)
+                rows.add_metric(labels, count)
+        yield score
+        yield rows

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modelport.client.evaluate import compute_metrics, decode_predictions
+
 from .errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -21,23 +23,20 @@ if TYPE_CHECKING:
 
 
 def predicted_classes(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Class per row: integer outputs are classes already; one column of scores is a sigmoid
-    (>= threshold is class 1); several columns are per-class scores (argmax)."""
+    """Class per row, read as `modelport evaluate` reads it (so online and offline numbers agree):
+    integer outputs are classes, one column of scores is a sigmoid (> threshold is class 1), several
+    columns are per-class scores (argmax). Outputs of other shapes are flattened per row first."""
     array = np.asarray(scores)
-    if array.ndim == 0:
-        array = array.reshape(1)
-    if array.dtype.kind in "iub":
-        return array.reshape(array.shape[0], -1)[:, 0].astype(np.int64)
-    rows = array.reshape(array.shape[0], -1)
-    if rows.shape[1] == 1:
-        return (rows[:, 0] >= threshold).astype(np.int64)
-    return rows.argmax(axis=1).astype(np.int64)
+    rows = array.reshape(array.shape[0] if array.ndim else 1, -1)
+    if rows.dtype.kind in "biu":
+        rows = rows[:, :1]
+    return decode_predictions(rows, threshold).labels
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Rolling quality over the window; precision/recall/F1 are macro averages over the classes
-    seen in the window (a class never predicted has precision 0, as scikit-learn's zero_division=0)."""
+    """Rolling quality over the window: accuracy and macro precision/recall/F1 over the classes
+    seen in it (scikit-learn's definitions, zero_division=0)."""
 
     count: int
     accuracy: float
@@ -50,15 +49,8 @@ def scores(predicted: np.ndarray, truth: np.ndarray) -> Scores:
     """Accuracy and macro precision/recall/F1 of `predicted` against `truth`."""
     if len(truth) == 0:
         return Scores(0, 0.0, 0.0, 0.0, 0.0)
-    labels = np.union1d(predicted, truth)
-    tp = np.array([np.sum((predicted == c) & (truth == c)) for c in labels], dtype=float)
-    predicted_n = np.array([np.sum(predicted == c) for c in labels], dtype=float)
-    true_n = np.array([np.sum(truth == c) for c in labels], dtype=float)
-    precision = np.divide(tp, predicted_n, out=np.zeros_like(tp), where=predicted_n > 0)
-    recall = np.divide(tp, true_n, out=np.zeros_like(tp), where=true_n > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return Scores(len(truth), float(np.mean(predicted == truth)), float(precision.mean()), float(recall.mean()), float(f1.mean()))
+    m = compute_metrics(truth, predicted)
+    return Scores(m.n, m.accuracy, m.macro.precision, m.macro.recall, m.macro.f1)
 
 
 class QualityWindow:

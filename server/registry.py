@@ -64,10 +64,12 @@ class ModelRegistry:
         device_id: int = 0,
         workers: int = 1,
         metrics: Metrics | None = None,
+        drift_window: int = 1000,
+        drift_sample_rate: float = 1.0,
     ) -> None:
         self.root = root
         self.metrics = metrics
-        self.settings = LoaderSettings(providers, device_id, workers, usable_cpus())
+        self.settings = LoaderSettings(providers, device_id, workers, usable_cpus(), drift_window, drift_sample_rate)
         self._entries: dict[str, ModelEntry] = {}
         self._retiring: set[asyncio.Task] = set()
         self.listeners: list[Callable[[str], None]] = []  # told the model name after every change
@@ -118,6 +120,11 @@ class ModelRegistry:
     def all_ready(self) -> bool:
         """Every model that should be loaded is serving (Triton's strict readiness)."""
         return all(entry.ready for entry in self._entries.values() if entry.wanted)
+
+    def served(self) -> list[ModelVersion]:
+        """Every served version of every model."""
+        # Also called from the metrics thread: copy before iterating.
+        return [v for entry in list(self._entries.values()) for v in list(entry.versions.values())]
 
     def versions(self, name: str) -> list[int]:
         """Served versions of `name`, ascending (empty when unknown)."""

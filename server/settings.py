@@ -32,4 +32,6 @@ class ServerSettings(BaseSettings):
     load_model: tuple[str, ...] = ()  # explicit mode: models to load at start ("*": all)
     quality_window: int = Field(1000, gt=0, description="labelled rows behind the rolling quality metrics")
     quality_pending: int = Field(10000, gt=0, description="request ids per model waiting for a label")
+    drift_window: int = Field(1000, gt=0, description="rows in the sliding window of live input statistics")
+    drift_sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests fed to drift tracking")
     log_level: str = "INFO"

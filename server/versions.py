@@ -9,6 +9,7 @@ from pathlib import Path
 from modelport.client._proto import model_config_pb2 as mc
 
 from . import config as cfg
+from .drift import DriftTracker
 from .scheduler import BatchingScheduler, DirectScheduler
 from .signature import Signature
 from .statistics import VersionStats
@@ -45,6 +46,7 @@ class ModelVersion:
     scheduler: DirectScheduler | BatchingScheduler
     stats: VersionStats
     stamp: tuple
+    drift: DriftTracker | None = None
     in_flight: int = 0
     _idle: asyncio.Event | None = field(default=None, repr=False)
 

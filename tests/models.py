@@ -126,3 +126,56 @@ def cast(from_type: int, to_type: int, shape=(None, 3), name: str = "x", out: st
         [(name, from_type, list(shape))],
         [(out, to_type, list(shape))],
     )
+
+
+def sigmoid_classifier(weights, bias: float = 0.0, extra_logits_output: bool = False) -> onnx.ModelProto:
+    """x FP32 [N, len(weights)] -> prob = Sigmoid(x @ weights + bias) [N, 1]: a binary classifier;
+    with `extra_logits_output`, the pre-sigmoid `logits` [N, 1] is a second output."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.asarray(weights, dtype=np.float32).reshape(-1, 1), "w")
+    b = numpy_helper.from_array(np.asarray([bias], dtype=np.float32), "b")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["prob"]),
+    ]
+    outputs = [("prob", TensorProto.FLOAT, [None, 1])]
+    if extra_logits_output:
+        outputs.append(("logits", TensorProto.FLOAT, [None, 1]))
+    return graph_model(nodes, [("x", TensorProto.FLOAT, [None, w.dims[0]])], outputs, [w, b])
+
+
+def softmax_classifier(weights) -> onnx.ModelProto:
+    """x FP32 [N, F] -> probs = Softmax(x @ weights) [N, C] for a weights matrix [F, C]."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.asarray(weights, dtype=np.float32), "w")
+    features, classes = w.dims
+    return graph_model(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
+        [("x", TensorProto.FLOAT, [None, features])],
+        [("probs", TensorProto.FLOAT, [None, classes])],
+        [w],
+    )
+
+
+def two_input_argmax_classifier(weights) -> onnx.ModelProto:
+    """a, b FP32 [N, F] -> label = ArgMax((a + b) @ weights) INT64 [N]: integer class labels out."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    w = numpy_helper.from_array(np.asarray(weights, dtype=np.float32), "w")
+    features = w.dims[0]
+    return graph_model(
+        [
+            helper.make_node("Add", ["a", "b"], ["s"]),
+            helper.make_node("MatMul", ["s", "w"], ["scores"]),
+            helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        ],
+        [("a", TensorProto.FLOAT, [None, features]), ("b", TensorProto.FLOAT, [None, features])],
+        [("label", TensorProto.INT64, [None])],
+        [w],
+    )
