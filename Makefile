@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The full development install: server + converter + test tools.
 STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo test protos check-protos serve clean
+.PHONY: help venv demo test protos prometheus clean
 
 help:
 	@echo "make demo    train the seed models, convert, serve and call them (sets up .venv)"
@@ -28,7 +29,14 @@ venv: $(STAMP)
 protos: $(STAMP)
 	$(PY) protos/generate.py
 
-test: $(STAMP)
+# The metrics test scrapes with a real Prometheus (Debian's package).
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo ">> installing Debian's prometheus (used by tests/server/test_prometheus.py)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends prometheus >/dev/null; }
+
+test: $(STAMP) prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
