@@ -46,6 +46,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--repository-poll-secs", type=float, help="poll interval in poll mode (default 15)")
     p.add_argument("--load-model", action="append",
                    help="explicit mode: a model to load at start; repeatable; '*' loads all")
+    p.add_argument("--quality-window", type=int, help="labelled rows behind the rolling quality metrics (default 1000)")
+    p.add_argument("--quality-pending", type=int, help="request ids per model waiting for a label (default 10000)")
+    p.add_argument("--drift-window", type=int, help="rows in the sliding window of live input statistics (default 1000)")
+    p.add_argument("--drift-sample-rate", type=float, help="share of requests fed to drift tracking (default 1.0)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
     p.set_defaults(func=run)
 
