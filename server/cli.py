@@ -50,7 +50,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--quality-pending", type=int, help="request ids per model waiting for a label (default 10000)")
     p.add_argument("--drift-window", type=int, help="rows in the sliding window of live input statistics (default 1000)")
     p.add_argument("--drift-sample-rate", type=float, help="share of requests fed to drift tracking (default 1.0)")
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default INFO)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log level (default INFO: model loads/unloads/failures and failed requests, one line each)")
+    p.add_argument("--log-format", choices=["text", "json"], help="text (logfmt fields) or one JSON object per line")
     p.set_defaults(func=run)
 
 
@@ -65,16 +67,16 @@ def _bool(text: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Build settings from flags (over environment) and serve until stopped."""
     import asyncio
-    import logging
 
     try:
         from .app import run as serve
+        from .logs import configure
         from .settings import ServerSettings
     except ImportError as exc:  # the client-only install lacks onnxruntime
         raise SystemExit(f"modelport serve needs the server extra: pip install 'modelport[server]' ({exc})")
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
     settings = ServerSettings(**given)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(settings.log_level, settings.log_format)
     if settings.workers > 1:
         from .workers import supervise
 

@@ -19,6 +19,7 @@ from . import config as cfg
 from .cpus import usable_cpus
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ModelportError
 from .loader import LoaderSettings, load_version
+from .logs import event
 from .metrics import Metrics
 from .repository import scan, version_folders
 from .versions import ModelVersion, fingerprint
@@ -152,8 +153,8 @@ class ModelRegistry:
         for name in names if names is not None else sorted(scan(self.root)):
             try:
                 await self.load(name)
-            except ModelportError as exc:
-                log.error("model load failed: %s", exc)
+            except ModelportError:
+                pass  # logged where it happened, with the model and version
 
     async def load(self, name: str) -> None:
         """Load or reload `name`: versions its policy wants and whose files changed are loaded
@@ -174,6 +175,7 @@ class ModelRegistry:
         directory = self.root / entry.name
         if not directory.is_dir():
             self._retire_all(entry, "removed from the repository")
+            event(log, logging.ERROR, "model_load_failed", model=entry.name, version="", reason="not in the repository")
             raise ModelNotFound(f"model '{entry.name}' is not in the repository {self.root}")
         entry.seen = folder_stamp(directory)
         try:
@@ -183,6 +185,7 @@ class ModelRegistry:
                 raise ModelLoadError(f"model '{entry.name}': no version folder matches its version policy")
         except ModelLoadError as exc:
             entry.error = exc.message
+            event(log, logging.ERROR, "model_load_failed", model=entry.name, version="", reason=exc.message)
             raise
         entry.error = ""
         served, failures = await self._load_versions(entry, directory, spec, wanted)
@@ -209,9 +212,10 @@ class ModelRegistry:
             try:
                 served[version] = loaded = await asyncio.to_thread(load_version, directory, spec, version, self.settings)
                 self._observe(loaded)
-                log.info("model loaded: name=%s version=%d", entry.name, version)
+                event(log, logging.INFO, "model_loaded", model=entry.name, version=version,
+                      providers=",".join(loaded.scheduler.instances[0].model.providers))
             except ModelLoadError as exc:
-                log.error("model load failed: name=%s version=%d reason=%s", entry.name, version, exc.message)
+                event(log, logging.ERROR, "model_load_failed", model=entry.name, version=version, reason=exc.message)
                 failures[version] = exc.message
                 if self.metrics is not None:
                     self.metrics.load_failed(entry.name, version)
@@ -240,7 +244,7 @@ class ModelRegistry:
             await old.close_when_idle()
             if old.version not in entry.versions:
                 self._set_state(entry, old.version, VersionState(UNAVAILABLE, reason))
-            log.info("model unloaded: name=%s version=%d", old.name, old.version)
+            event(log, logging.INFO, "model_unloaded", model=old.name, version=old.version, reason=reason)
             self._notify(entry.name)
 
         task = asyncio.get_running_loop().create_task(close())
@@ -271,11 +275,11 @@ class ModelRegistry:
             if entry is None or folder_stamp(directory.path) != entry.seen:
                 try:
                     await self.load(name)
-                except ModelportError as exc:
-                    log.error("model load failed: %s", exc)
+                except ModelportError:
+                    pass  # logged where it happened
         for name, entry in list(self._entries.items()):
             if name not in on_disk and (entry.versions or entry.wanted):
-                log.info("model removed from the repository: name=%s", name)
+                event(log, logging.INFO, "model_removed", model=name)
                 await self.unload(name)
 
     def _set_state(self, entry: ModelEntry, version: int, state: VersionState) -> None:

@@ -20,6 +20,7 @@ from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
 from .errors import InvalidInput, ModelportError, status_of
+from .logs import event
 from .signature import TensorSpec
 from .statistics import Duration
 from .types import InferenceRequest, RequestedOutput
@@ -39,7 +40,7 @@ def _rpc(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
             return await method(self, request, context)
         except ModelportError as exc:
             code, message = status_of(exc)
-            log.info("request failed: rpc=%s code=%s message=%s", method.__name__, code.name, message)
+            event(log, logging.INFO, "request_failed", rpc=method.__name__, code=code.name, message=message)
         except Exception as exc:  # a bug: keep serving, tell the caller, log the trace
             code, message = status_of(exc)
             log.exception("request failed unexpectedly: rpc=%s", method.__name__)

@@ -35,3 +35,4 @@ class ServerSettings(BaseSettings):
     drift_window: int = Field(1000, gt=0, description="rows in the sliding window of live input statistics")
     drift_sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests fed to drift tracking")
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"

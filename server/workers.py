@@ -31,9 +31,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 def _worker_main(settings: ServerSettings, index: int) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
-    )
+    from .logs import configure
+
+    configure(settings.log_level, settings.log_format, prefix=f"worker-{index} ")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor turns Ctrl-C into SIGTERM
     from .app import run
 

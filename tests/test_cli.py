@@ -173,3 +173,30 @@ def test_workers_share_the_port_and_are_restarted(repo: Path) -> None:
     finally:
         assert server.stop() == 0
     assert any("workers exited with [0, 0]" in line for line in server.log)
+
+
+def test_json_logs_one_line_per_event(repo: Path) -> None:
+    import json
+
+    broken = repo / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"junk")
+    server = ServerProcess(repo, "--log-format", "json")
+    try:
+        client = Client(server.address)
+        for _ in range(20):
+            client.predict("scale", np.ones((1, 3)))
+        with pytest.raises(Exception):
+            client.infer("scale", {"x": np.ones((1, 4), np.float32)})
+    finally:
+        server.stop()
+    records = [json.loads(line) for line in server.log if line.startswith("{")]
+    assert len(records) == len(server.log), "every line is JSON"
+    events = [r.get("event") for r in records]
+    loaded = [r for r in records if r.get("event") == "model_loaded"]
+    assert sorted(r["model"] for r in loaded) == ["add_mul", "scale", "slow"]
+    failed = [r for r in records if r.get("event") == "model_load_failed"]
+    assert len(failed) == 1 and failed[0]["model"] == "broken" and "cannot load" in failed[0]["reason"]
+    errors = [r for r in records if r.get("event") == "request_failed"]
+    assert len(errors) == 1 and errors[0]["code"] == "INVALID_ARGUMENT" and "input 'x'" in errors[0]["message"]
+    assert events.count(None) <= 8  # start-up and shutdown messages; nothing per successful request
