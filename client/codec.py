@@ -105,8 +105,11 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 
 def deserialize_bytes(raw: bytes, count: int, tensor: str = "tensor") -> np.ndarray:
-    """Parse `count` length-prefixed elements; the buffer must hold exactly those."""
-    out = np.empty(count, dtype=object)
+    """Parse `count` length-prefixed elements; the buffer must hold exactly those.
+
+    Elements are collected as they parse, so a huge declared count costs nothing before the
+    buffer runs out."""
+    items: list[bytes] = []
     view = memoryview(raw)
     offset = 0
     for i in range(count):
@@ -120,10 +123,12 @@ def deserialize_bytes(raw: bytes, count: int, tensor: str = "tensor") -> np.ndar
             raise CodecError(
                 f"{tensor}: BYTES element {i} declares {length} bytes but only {len(view) - offset} remain"
             )
-        out[i] = bytes(view[offset : offset + length])
+        items.append(bytes(view[offset : offset + length]))
         offset += length
     if offset != len(view):
         raise CodecError(f"{tensor}: BYTES data has {len(view) - offset} bytes after the last of {count} elements")
+    out = np.empty(count, dtype=object)
+    out[:] = items
     return out
 
 

@@ -19,7 +19,8 @@ from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
 
 from modelport.client._proto import feedback_pb2, feedback_pb2_grpc
 
-from .dataplane import DataPlane
+from .auth import AuthInterceptor, TokenFile
+from .dataplane import DataPlane, Limits
 from .feedback import FeedbackServicer
 from .metrics import Metrics
 from .quality import QualityMonitor
@@ -85,13 +86,17 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
         )
         await registry.load_all(_startup_models(settings))
     quality = QualityMonitor(settings.quality_window, settings.quality_pending, metrics)
-    dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics, quality)
+    limits = Limits(settings.max_tensor_elements, settings.max_pending_requests, settings.default_request_timeout)
+    dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics, quality, limits)
+    interceptors = [AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health)] if settings.auth_token_file else []
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             ("grpc.so_reuseport", 1),  # --workers: several processes share the port
-        ]
+        ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
     feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), server)
@@ -100,7 +105,7 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     names = [SERVICE_NAME, feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server, pool=_reflection_pool())
     host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
-    port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    port = _bind(server, f"{host}:{settings.grpc_port}", settings)
     if port == 0:
         raise OSError(f"cannot bind gRPC port {settings.host}:{settings.grpc_port}")
     await server.start()
@@ -115,6 +120,19 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")
     return running
+
+
+def _bind(server: grpc.aio.Server, address: str, settings: ServerSettings) -> int:
+    if not (settings.grpc_use_ssl or settings.grpc_use_ssl_mutual):
+        return server.add_insecure_port(address)
+    if settings.grpc_server_cert is None or settings.grpc_server_key is None:
+        raise ValueError("--grpc-use-ssl needs --grpc-server-cert and --grpc-server-key")
+    from .tls import server_credentials
+
+    credentials = server_credentials(
+        settings.grpc_server_key, settings.grpc_server_cert, settings.grpc_root_cert, settings.grpc_use_ssl_mutual
+    )
+    return server.add_secure_port(address, credentials)
 
 
 def _startup_models(settings: ServerSettings) -> list[str] | None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .classification import classify
 from .config import PLATFORM
-from .errors import ModelNotFound, ModelportError, NotAllowed
+from .errors import InvalidInput, ModelNotFound, ModelportError, NotAllowed, QueueFull
 from .metrics import Metrics
 from .quality import QualityMonitor, predicted_classes
 from .registry import ModelRegistry
@@ -23,6 +23,15 @@ from .signature import TensorSpec
 from .types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from .validation import validate
 from .versions import ModelVersion
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits (the server settings of the same names)."""
+
+    max_tensor_elements: int = 256 * 1024 * 1024
+    max_pending_requests: int = 4096
+    default_request_timeout: float = 0.0
+
 
 MAX_CLASSES = 1000  # predicted-class counters are kept for outputs up to this wide
 
@@ -67,8 +76,10 @@ class DataPlane:
         control_mode: str = "none",
         metrics: Metrics | None = None,
         quality: QualityMonitor | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
+        self.limits = limits or Limits()
         self.metrics = metrics
         self.quality = quality
         self._version = version
@@ -101,10 +112,27 @@ class DataPlane:
         """A served version (for its config), without counting a request."""
         return self.registry.get(name, version)
 
+    def check_shapes(self, model: ModelVersion, shapes: list[tuple[str, list[int]]]) -> None:
+        """Refuse tensors larger than the server's limit before anything is allocated for them."""
+        limit = self.limits.max_tensor_elements
+        for name, shape in shapes:
+            count = 1
+            for dim in shape:
+                count *= max(dim, 0)
+            if count > limit:
+                raise InvalidInput(
+                    f"{model.label}: input '{name}' declares shape {shape} ({count} elements); the server's limit is {limit}"
+                )
+
     def acquire(self, name: str, version: str = "") -> ModelVersion:
         """The version a request goes to, counted in until `release()`: a swap or unload waits
         for it. NOT_FOUND / UNAVAILABLE errors otherwise."""
-        model = self.registry.acquire(name, version)
+        model = self.registry.get(name, version)
+        if self.limits.max_pending_requests and model.in_flight >= self.limits.max_pending_requests:
+            raise QueueFull(
+                f"{model.label}: {model.in_flight} requests are already pending (limit {self.limits.max_pending_requests}); retry later"
+            )
+        model.acquire()
         if self.metrics is not None:
             self.metrics.request_started(model.name, model.version)
         return model
@@ -118,6 +146,8 @@ class DataPlane:
     async def infer(self, model: ModelVersion, request: InferenceRequest) -> InferenceResponse:
         """Validate and run one request on `model` (acquired by the caller)."""
         start = time.perf_counter_ns()
+        if request.deadline is None and self.limits.default_request_timeout:
+            request.deadline = time.monotonic() + self.limits.default_request_timeout
         try:
             validate(model.label, model.signature, model.spec.max_batch_size, request)
             wanted = request.outputs or [RequestedOutput(t.name) for t in model.signature.outputs]

@@ -131,6 +131,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         model = self._dp.acquire(request.model_name, request.model_version)
         try:
+            self._dp.check_shapes(model, [(t.name, list(t.shape)) for t in request.inputs])
             try:
                 inputs = codec.decode_inputs(request)
             except codec.CodecError as exc:

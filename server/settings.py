@@ -34,5 +34,16 @@ class ServerSettings(BaseSettings):
     quality_pending: int = Field(10000, gt=0, description="request ids per model waiting for a label")
     drift_window: int = Field(1000, gt=0, description="rows in the sliding window of live input statistics")
     drift_sample_rate: float = Field(1.0, ge=0, le=1, description="share of requests fed to drift tracking")
+    grpc_use_ssl: bool = False
+    grpc_server_cert: Path | None = None
+    grpc_server_key: Path | None = None
+    grpc_root_cert: Path | None = None
+    grpc_use_ssl_mutual: bool = False
+    auth_token_file: Path | None = None
+    auth_open_health: bool = True  # health and reflection answer without a token
+    max_concurrent_streams: int = Field(256, gt=0, description="concurrent calls per client connection")
+    max_tensor_elements: int = Field(256 * 1024 * 1024, gt=0, description="largest tensor a request may declare")
+    max_pending_requests: int = Field(4096, ge=0, description="requests waiting per model version; 0 = unbounded")
+    default_request_timeout: float = Field(0.0, ge=0, description="deadline for requests that carry none; 0 = none")
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
