@@ -1,0 +1,45 @@
+"""tf2onnx on a Source's traced function: an ONNX model whose inputs and outputs carry the
+source's names, in the source's order, with a dynamic batch dimension."""
+
+from __future__ import annotations
+
+import onnx
+import tf2onnx
+
+from .sources import Source
+
+DEFAULT_OPSET = 17
+# onnx >= 1.23 writes IR version 14 by default; ONNX Runtime 1.31 reads up to 13.
+MAX_IR_VERSION = 10
+
+
+def to_onnx(source: Source, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Convert; raise ValueError when tf2onnx loses or renames an input or output."""
+    model, _ = tf2onnx.convert.from_function(source.function, input_signature=source.input_signature(), opset=opset)
+    _check_names(model, source)
+    _order_outputs(model, source.outputs)
+    model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    model.producer_name = "modelport.converter (tf2onnx)"
+    onnx.checker.check_model(model)
+    return model
+
+
+def _check_names(model: onnx.ModelProto, source: Source) -> None:
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    if sorted(inputs) != sorted(t.name for t in source.inputs) or sorted(outputs) != sorted(source.outputs):
+        raise ValueError(
+            f"tf2onnx produced inputs {inputs} and outputs {outputs}; expected "
+            f"{[t.name for t in source.inputs]} and {source.outputs}"
+        )
+
+
+def _order_outputs(model: onnx.ModelProto, order: list[str]) -> None:
+    """tf2onnx sorts dict outputs by name; put them back in the model's own order."""
+    by_name = {o.name: o for o in model.graph.output}
+    ordered = [by_name[name] for name in order]
+    copies = [onnx.ValueInfoProto() for _ in ordered]
+    for copy, original in zip(copies, ordered):
+        copy.CopyFrom(original)
+    del model.graph.output[:]
+    model.graph.output.extend(copies)
