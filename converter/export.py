@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import onnx
 import tf2onnx
+from onnx import numpy_helper
 
 from .sources import Source
 
@@ -16,12 +17,36 @@ MAX_IR_VERSION = 10
 def to_onnx(source: Source, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Convert; raise ValueError when tf2onnx loses or renames an input or output."""
     model, _ = tf2onnx.convert.from_function(source.function, input_signature=source.input_signature(), opset=opset)
+    _fold_captured_constants(model, source)
     _check_names(model, source)
     _order_outputs(model, source.outputs)
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     model.producer_name = "modelport.converter (tf2onnx)"
     onnx.checker.check_model(model)
     return model
+
+
+def _fold_captured_constants(model: onnx.ModelProto, source: Source) -> None:
+    """Tensors the function captures by value (e.g. a Keras Normalization layer's mean and variance
+    after loading a saved model) reach tf2onnx as placeholders and come out as extra graph inputs;
+    they are constants, so turn them into initializers."""
+    wanted = {t.name for t in source.inputs}
+    extra = {i.name for i in model.graph.input} - wanted
+    if not extra:
+        return
+    concrete = source.function.get_concrete_function()
+    values = {}
+    for external, internal in zip(concrete.captured_inputs, concrete.graph.internal_captures):
+        if internal.name in extra and external.dtype.name != "resource":
+            values[internal.name] = external.numpy()
+    kept = [i for i in model.graph.input if i.name not in values]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in values.items())
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [init for init in model.graph.initializer if init.name not in used]
+    for init in unused:  # ones tf2onnx already folded into others
+        model.graph.initializer.remove(init)
 
 
 def _check_names(model: onnx.ModelProto, source: Source) -> None:
