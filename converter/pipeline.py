@@ -112,7 +112,7 @@ def _record(loaded: sources.Source, opset: int, report: parity.ParityReport, dat
     return {
         "source": {"kind": loaded.kind, "path": str(loaded.path) if loaded.path else None, "sha256": _hash(loaded.path)},
         "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": {pkg: _version(pkg) for pkg in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "modelport")},
+        "versions": _versions(),
         "opset": opset,
         "inputs": [{"name": t.name, "dtype": str(t.dtype), "shape": [d if d is not None else -1 for d in t.shape]} for t in loaded.inputs],
         "outputs": loaded.outputs,
@@ -122,11 +122,21 @@ def _record(loaded: sources.Source, opset: int, report: parity.ParityReport, dat
     }
 
 
-def _version(package: str) -> str | None:
+def _versions() -> dict[str, str | None]:
+    """Versions of the tools that made the file (from the modules: tensorflow's distribution may
+    be tensorflow-cpu, so package metadata would miss it)."""
+    import keras
+    import onnx
+    import onnxruntime
+    import tensorflow
+    import tf2onnx
+
+    found: dict[str, str | None] = {m.__name__: m.__version__ for m in (tensorflow, keras, tf2onnx, onnx, onnxruntime)}
     try:
-        return importlib.metadata.version(package)
+        found["modelport"] = importlib.metadata.version("modelport")
     except importlib.metadata.PackageNotFoundError:
-        return None
+        found["modelport"] = None
+    return found
 
 
 def _hash(path: Path | None) -> str | None:
