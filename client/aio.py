@@ -22,8 +22,12 @@ from .types import ModelIndexEntry, ModelMetadata, ServerMetadata
 class AsyncClient:
     """`Client` for asyncio code: `await client.predict("mlp", x)`; use `async with`."""
 
-    def __init__(self, url: str | Sequence[str], *, timeout: float | None = None, **channel: Any) -> None:
+    def __init__(
+        self, url: str | Sequence[str], *, timeout: float | None = None, token: str | None = None, **channel: Any
+    ) -> None:
         spec = channel_spec(url, **channel)
+        # A bearer token rides in each call's metadata (servers started with --auth-token-file).
+        self._auth = (("authorization", f"Bearer {token}"),) if token else None
         if spec.credentials is None:
             self._channel = grpc.aio.insecure_channel(spec.target, options=spec.options)
         else:
@@ -35,7 +39,7 @@ class AsyncClient:
 
     async def _call(self, rpc, request, timeout: float | None):
         try:
-            return await rpc(request, timeout=self.timeout if timeout is None else timeout)
+            return await rpc(request, timeout=self.timeout if timeout is None else timeout, metadata=self._auth)
         except grpc.RpcError as exc:
             raise InferenceServerError.from_rpc_error(exc) from None
 

@@ -46,6 +46,20 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--repository-poll-secs", type=float, help="poll interval in poll mode (default 15)")
     p.add_argument("--load-model", action="append",
                    help="explicit mode: a model to load at start; repeatable; '*' loads all")
+    p.add_argument("--grpc-use-ssl", type=_bool, help="serve gRPC over TLS (default false)")
+    p.add_argument("--grpc-server-cert", help="PEM certificate chain of the server (reloaded when it changes)")
+    p.add_argument("--grpc-server-key", help="PEM private key of the server (reloaded when it changes)")
+    p.add_argument("--grpc-root-cert", help="PEM CA that signs client certificates (mutual TLS)")
+    p.add_argument("--grpc-use-ssl-mutual", type=_bool, help="require client certificates signed by --grpc-root-cert")
+    p.add_argument("--auth-token-file", help="'<token> <scope>[,<scope>]' per line (scopes: inference, admin); "
+                   "reread when it changes; without it, no authentication")
+    p.add_argument("--auth-open-health", type=_bool, help="health and reflection answer without a token (default true)")
+    p.add_argument("--max-concurrent-streams", type=int, help="concurrent calls per client connection (default 256)")
+    p.add_argument("--max-tensor-elements", type=int, help="largest tensor a request may declare (default 268435456)")
+    p.add_argument("--max-pending-requests", type=int,
+                   help="requests waiting per model version before RESOURCE_EXHAUSTED (default 4096; 0 = unbounded)")
+    p.add_argument("--default-request-timeout", type=float,
+                   help="seconds allowed to requests that carry no deadline (default 0 = none)")
     p.add_argument("--quality-window", type=int, help="labelled rows behind the rolling quality metrics (default 1000)")
     p.add_argument("--quality-pending", type=int, help="request ids per model waiting for a label (default 10000)")
     p.add_argument("--drift-window", type=int, help="rows in the sliding window of live input statistics (default 1000)")

@@ -1,0 +1,170 @@
+"""TLS, mutual TLS with certificate reload, bearer-token auth with scopes, and request limits."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from modelport.client import Client, InferenceServerError
+from modelport.server.background import BackgroundServer
+from tests import models
+
+X = np.ones((1, 3), np.float32)
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made with openssl."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"),
+                "-out", str(d / f"{name}.csr"))
+        (d / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+                "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.pem"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    models.save(models.scale(2.0), root, "m")
+    return root
+
+
+def test_tls(pki: Path, repo: Path) -> None:
+    settings = dict(grpc_use_ssl=True, grpc_server_cert=pki / "server.pem", grpc_server_key=pki / "server.key")
+    with BackgroundServer(repo, **settings) as server:
+        np.testing.assert_array_equal(Client(server.address, root_certificates=pki / "ca.pem").predict("m", X), 2 * X)
+        with pytest.raises(InferenceServerError) as err:  # plaintext to a TLS port
+            Client(server.address, timeout=5).predict("m", X)
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_and_certificate_reload(pki: Path, repo: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes((pki / "server.pem").read_bytes())
+    key.write_bytes((pki / "server.key").read_bytes())
+    settings = dict(grpc_use_ssl=True, grpc_use_ssl_mutual=True, grpc_server_cert=cert, grpc_server_key=key,
+                    grpc_root_cert=pki / "ca.pem")
+    with BackgroundServer(repo, **settings) as server:
+        good = dict(root_certificates=pki / "ca.pem", private_key=pki / "client.key", certificate_chain=pki / "client.pem")
+        np.testing.assert_array_equal(Client(server.address, **good).predict("m", X), 2 * X)
+        with pytest.raises(InferenceServerError) as err:  # no client certificate
+            Client(server.address, root_certificates=pki / "ca.pem", timeout=5).predict("m", X)
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+        # Renew the server certificate on disk (a new key and cert from the same CA): new
+        # connections get it without a restart.
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=renewed", "-keyout", str(tmp_path / "new.key"),
+                "-out", str(tmp_path / "new.csr"))
+        openssl("x509", "-req", "-in", str(tmp_path / "new.csr"), "-CA", str(pki / "ca.pem"), "-CAkey", str(pki / "ca.key"),
+                "-CAcreateserial", "-days", "2", "-extfile", str(pki / "server.ext"), "-out", str(tmp_path / "new.pem"))
+        time.sleep(0.01)
+        key.write_bytes((tmp_path / "new.key").read_bytes())
+        cert.write_bytes((tmp_path / "new.pem").read_bytes())
+        renewed = Client(server.address, **good)
+        np.testing.assert_array_equal(renewed.predict("m", X), 2 * X)
+        served = _peer_certificate_subject(server.address, pki)
+        assert "renewed" in served
+
+
+def _peer_certificate_subject(address: str, pki: Path) -> str:
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", address, "-CAfile", str(pki / "ca.pem"), "-cert", str(pki / "client.pem"),
+         "-key", str(pki / "client.key"), "-alpn", "h2"],
+        input=b"", capture_output=True, timeout=30,
+    )
+    return out.stdout.decode(errors="replace")
+
+
+def test_bearer_tokens_and_scopes(repo: Path, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# token scopes\nreader-token inference\nroot-token admin\n")
+    with BackgroundServer(repo, auth_token_file=tokens, model_control_mode="explicit", load_model=("*",)) as server:
+        np.testing.assert_array_equal(Client(server.address, token="reader-token").predict("m", X), 2 * X)
+        for client in (Client(server.address), Client(server.address, token="wrong")):
+            with pytest.raises(InferenceServerError) as err:
+                client.predict("m", X)
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert "reader-token" not in err.value.message and "root-token" not in err.value.message
+        with pytest.raises(InferenceServerError) as err:
+            Client(server.address, token="reader-token").unload_model("m")
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+        Client(server.address, token="root-token").load_model("m")  # admin may
+        assert Client(server.address, token="root-token").predict("m", X)[0, 0] == 2
+        # health answers without a token
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(server.address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        # the file is reread when it changes: a revoked token stops working
+        time.sleep(0.01)
+        tokens.write_text("root-token admin\nnew-reader inference\n")
+        with pytest.raises(InferenceServerError) as err:
+            Client(server.address, token="reader-token").predict("m", X)
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert Client(server.address, token="new-reader").predict("m", X)[0, 0] == 2
+
+
+def test_closed_health_when_asked(repo: Path, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t inference\n")
+    with BackgroundServer(repo, auth_token_file=tokens, auth_open_health=False) as server:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(server.address) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_limits(repo: Path) -> None:
+    with BackgroundServer(repo, max_tensor_elements=300, default_request_timeout=5.0) as server:
+        client = Client(server.address)
+        with pytest.raises(InferenceServerError) as err:
+            client.infer("m", {"x": np.ones((101, 3), np.float32)})
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "limit is 300" in err.value.message
+        # A declared shape far beyond the data is refused before anything is allocated.
+        from modelport.client import codec
+        from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
+
+        request = codec.build_request("m", {"x": X})
+        del request.inputs[0].shape[:]
+        request.inputs[0].shape.extend([2**40, 3])
+        with grpc.insecure_channel(server.address) as channel:
+            with pytest.raises(grpc.RpcError) as rpc_err:
+                pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+        assert rpc_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert client.predict("m", np.ones((100, 3))).shape == (100, 3)
+
+
+def test_pending_requests_limit_pushes_back(tmp_path: Path) -> None:
+    import asyncio
+
+    from modelport.client import AsyncClient
+
+    models.save(models.dense_chain(1024, 32), tmp_path, "slow")
+    with BackgroundServer(tmp_path, max_pending_requests=2) as server:
+        big = np.ones((128, 1024), np.float32)
+
+        async def flood():
+            async with AsyncClient(server.address) as client:
+                return await asyncio.gather(*(client.infer("slow", {"x": big}) for _ in range(6)), return_exceptions=True)
+
+        outcomes = asyncio.run(flood())
+        refused = [o for o in outcomes if isinstance(o, InferenceServerError)]
+        assert refused and all(o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused)
+        assert "requests are already pending (limit 2)" in refused[0].message
+        assert sum(isinstance(o, dict) for o in outcomes) >= 2
