@@ -33,11 +33,15 @@ def channel_spec(
     private_key: bytes | str | Path | None = None,
     certificate_chain: bytes | str | Path | None = None,
     load_balancing: str | None = None,
+    retries: int = 5,
     max_message_bytes: int = 64 * MIB,
     channel_options: Sequence[tuple[str, object]] = (),
 ) -> ChannelSpec:
     """Target, options and credentials for `url`: "host:port", "dns:///name:port", or a list
-    of "ip:port" addresses (spread with round_robin unless told otherwise)."""
+    of "ip:port" addresses (spread with round_robin unless told otherwise).
+
+    Calls that end UNAVAILABLE (a replica draining or gone) are retried up to `retries` times
+    with backoff, by gRPC itself; inference is stateless, so a retry is safe."""
     if not isinstance(url, str):
         addresses = list(url)
         if not addresses:
@@ -48,8 +52,22 @@ def channel_spec(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
+    service_config: dict[str, object] = {}
     if load_balancing:
-        options.append(("grpc.service_config", json.dumps({"loadBalancingConfig": [{load_balancing: {}}]})))
+        service_config["loadBalancingConfig"] = [{load_balancing: {}}]
+    if retries > 0:
+        service_config["methodConfig"] = [{
+            "name": [{"service": "inference.GRPCInferenceService"}, {"service": "modelport.v1.Feedback"}],
+            "retryPolicy": {
+                "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]  # fmt: skip
+    if service_config:
+        options.append(("grpc.service_config", json.dumps(service_config)))
     options.extend(channel_options)
     credentials = None
     if ssl or root_certificates or certificate_chain:

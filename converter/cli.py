@@ -18,8 +18,7 @@ Nothing is published when ONNX Runtime and TensorFlow disagree beyond --atol + -
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add the `convert` subcommand."""
-    from .export import DEFAULT_OPSET
-    from .parity import DEFAULT_ATOL, DEFAULT_RTOL
+    from .defaults import DEFAULT_ATOL, DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET, DEFAULT_RTOL
 
     p = sub.add_parser(
         "convert",
@@ -38,7 +37,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    "(arrays named by input, or 'x'); default: random inputs")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
-    p.add_argument("--max-batch-size", type=int, default=64, help="config.pbtxt max_batch_size (default 64; 0: no batching)")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                   help=f"config.pbtxt max_batch_size (default {DEFAULT_MAX_BATCH_SIZE}; 0: no batching)")
     p.set_defaults(func=run)
 
 

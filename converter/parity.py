@@ -7,11 +7,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnxruntime as ort
 
+from .defaults import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL
 from .sources import Source, TensorInfo
-
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
-DEFAULT_ROWS = 64
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 
 from . import export, parity, publish, sources
+from .defaults import DEFAULT_MAX_BATCH_SIZE
 from .stats import input_statistics
-
-DEFAULT_MAX_BATCH_SIZE = 64
 
 
 class ParityError(RuntimeError):

@@ -96,6 +96,7 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             ("grpc.so_reuseport", 1),  # --workers: several processes share the port
+            *_connection_age(settings),
         ],
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
@@ -120,6 +121,17 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")
     return running
+
+
+def _connection_age(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Ending connections after a while makes clients reconnect (and re-resolve DNS), so new
+    replicas behind a headless Service get traffic; in-flight calls get the grace period."""
+    if not settings.grpc_max_connection_age_ms:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", settings.grpc_max_connection_age_ms),
+        ("grpc.max_connection_age_grace_ms", settings.grpc_max_connection_age_grace_ms),
+    ]
 
 
 def _bind(server: grpc.aio.Server, address: str, settings: ServerSettings) -> int:

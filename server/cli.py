@@ -54,6 +54,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--auth-token-file", help="'<token> <scope>[,<scope>]' per line (scopes: inference, admin); "
                    "reread when it changes; without it, no authentication")
     p.add_argument("--auth-open-health", type=_bool, help="health and reflection answer without a token (default true)")
+    p.add_argument("--grpc-max-connection-age-ms", type=int,
+                   help="close client connections after this many ms so clients re-resolve and spread over new "
+                        "replicas (default 0 = never; the Kubernetes manifests set it)")
+    p.add_argument("--grpc-max-connection-age-grace-ms", type=int,
+                   help="time calls on a closing connection get to finish (default 30000)")
     p.add_argument("--max-concurrent-streams", type=int, help="concurrent calls per client connection (default 256)")
     p.add_argument("--max-tensor-elements", type=int, help="largest tensor a request may declare (default 268435456)")
     p.add_argument("--max-pending-requests", type=int,

@@ -41,6 +41,8 @@ class ServerSettings(BaseSettings):
     grpc_use_ssl_mutual: bool = False
     auth_token_file: Path | None = None
     auth_open_health: bool = True  # health and reflection answer without a token
+    grpc_max_connection_age_ms: int = Field(0, ge=0, description="close connections after this long (0 = never)")
+    grpc_max_connection_age_grace_ms: int = Field(30000, ge=0, description="time given to calls on a closing connection")
     max_concurrent_streams: int = Field(256, gt=0, description="concurrent calls per client connection")
     max_tensor_elements: int = Field(256 * 1024 * 1024, gt=0, description="largest tensor a request may declare")
     max_pending_requests: int = Field(4096, ge=0, description="requests waiting per model version; 0 = unbounded")

@@ -76,6 +76,16 @@ def test_help_texts_have_examples() -> None:
         assert "example" in out, command
 
 
+def test_cli_imports_no_heavy_packages() -> None:
+    """The client-only install and the server image have no TensorFlow: the CLI must not need it."""
+    code = (
+        "import sys; from modelport.client.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('tensorflow', 'tf2onnx', 'onnxruntime') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_serve_two_models_and_predict_command(server: ServerProcess, tmp_path: Path) -> None:
     client = Client(server.address)
     assert client.is_server_ready()
