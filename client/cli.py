@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand registered."""
     from modelport.client import bench_cli, evaluate_cli, models_cli, predict_cli
     from modelport.converter import cli as convert_cli
+    from modelport.converter import compress_cli
     from modelport.server import cli as serve_cli
 
     parser = argparse.ArgumentParser(
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"modelport {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (serve_cli, convert_cli, predict_cli, bench_cli, models_cli, evaluate_cli):
+    for module in (serve_cli, convert_cli, compress_cli, predict_cli, bench_cli, models_cli, evaluate_cli):
         module.register(sub)
     return parser
 

@@ -4,7 +4,8 @@ scikit-learn's 8x8 digits (1797 images, 10 classes). Pixels (0..16) are scaled i
 padding="same".
 
     python examples/train_cnn.py --out .demo/cnn
-writes model.keras and test.npz (held-out `x` [N, 8, 8, 1], `y`).
+writes model.keras, test.npz (held-out `x` [N, 8, 8, 1], `y`) and calib.npz (256 training images,
+for int8 calibration).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "model.keras")
     np.savez(args.out / "test.npz", x=x_test, y=y_test)
+    np.savez(args.out / "calib.npz", x=x_train[:256])  # representative inputs for int8 calibration
     print(f"cnn: test accuracy {accuracy:.4f} on {len(y_test)} examples; saved {args.out / 'model.keras'}")
 
 

@@ -1,0 +1,270 @@
+"""Compression with an accuracy gate: a new version of a served model made smaller or faster by
+ONNX Runtime's tools, published only when it keeps its accuracy.
+
+Methods: int8-dynamic (weights int8, activations quantised at run time: MatMul-heavy models),
+int8-static (QDQ with activation ranges calibrated on data: CNNs), fp16 (weights and compute in
+half precision, inputs/outputs kept fp32 so clients do not change: for GPUs), optimize (ONNX
+Runtime's offline graph optimisation at the extended level, which stays portable across CPUs;
+the "all" level adds layout transforms tied to the machine that ran it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from modelport.client.evaluate import decode_predictions
+
+from . import publish
+
+METHODS = ("int8-dynamic", "int8-static", "fp16", "optimize")
+
+
+class AccuracyGateError(RuntimeError):
+    """The compressed model lost more than allowed; nothing was published."""
+
+
+@dataclass(frozen=True)
+class Speed:
+    """In-process ONNX Runtime speed at one batch size on this machine's CPU."""
+
+    batch: int
+    latency_ms: float
+    items_per_s: float
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    """What compression did and what it cost."""
+
+    method: str
+    source_version: int
+    size_before: int
+    size_after: int
+    metric: str  # "accuracy", "mean_abs_error" or "agreement"
+    before: float
+    after: float
+    drop: float
+    max_drop: float
+    gate_data: str
+    speed_before: list[Speed]
+    speed_after: list[Speed]
+
+    def lines(self) -> list[str]:
+        """A human-readable table."""
+        out = [
+            f"method        {self.method} (from version {self.source_version})",
+            f"size          {self.size_before / 1024:.1f} KiB -> {self.size_after / 1024:.1f} KiB "
+            f"({self.size_after / self.size_before:.2f}x)",
+            f"{self.metric:<13} {self.before:.4f} -> {self.after:.4f} (drop {self.drop:+.4f}, allowed {self.max_drop:.4f}; on {self.gate_data})",
+        ]
+        for a, b in zip(self.speed_before, self.speed_after):
+            out.append(
+                f"batch {a.batch:<7} {a.items_per_s:,.0f} -> {b.items_per_s:,.0f} items/s ({b.items_per_s / a.items_per_s:.2f}x), "
+                f"latency {a.latency_ms:.3f} -> {b.latency_ms:.3f} ms"
+            )
+        return out
+
+
+def compress(
+    repository: str | Path,
+    name: str,
+    method: str,
+    *,
+    from_version: int | None = None,
+    calibration: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    max_accuracy_drop: float = 0.01,
+    threshold: float = 0.5,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[int, CompressionReport]:
+    """Compress a published version into the next free one; raise AccuracyGateError (publishing
+    nothing) when the metric drops by more than `max_accuracy_drop`."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; expected one of {', '.join(METHODS)}")
+    say = progress or (lambda message: print(message, file=sys.stderr, flush=True))
+    model_dir = Path(repository) / name
+    versions = publish.versions(model_dir)
+    source = from_version if from_version is not None else (versions[-1] if versions else None)
+    if source is None or source not in versions:
+        raise ValueError(f"{model_dir}: no version {from_version if from_version else ''} to compress; found {versions}")
+    source_path = model_dir / str(source) / "model.onnx"
+    original = source_path.read_bytes()
+    session = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in session.get_inputs()]
+    calib = _load_inputs(calibration, inputs) if calibration else None
+    if method == "int8-static" and calib is None:
+        raise ValueError("int8-static needs --calibration data (an .npz of representative inputs)")
+    say(f"[1/3] {method}: compressing {source_path}")
+    compressed = _apply(method, source_path, calib)
+    say("[2/3] accuracy gate")
+    report = _gate(method, source, original, compressed, eval_data, calib, inputs, max_accuracy_drop, threshold)
+    if report.drop > max_accuracy_drop:
+        raise AccuracyGateError(
+            f"{report.metric} dropped from {report.before:.4f} to {report.after:.4f} ({report.drop:.4f} > allowed "
+            f"{max_accuracy_drop:.4f}) on {report.gate_data}; nothing was published"
+        )
+    version = publish.choose_version(model_dir, None)
+    say(f"[3/3] publishing {model_dir / str(version)}")
+    record = _record(model_dir / str(source), report)
+    publish.publish(model_dir, version, onnx.load_from_string(compressed), record)
+    for line in report.lines():
+        say(f"      {line}")
+    return version, report
+
+
+def _apply(method: str, source: Path, calibration: dict[str, np.ndarray] | None) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.onnx"
+        if method == "int8-dynamic":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8)
+        elif method == "int8-static":
+            from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            prepared = Path(tmp) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared), str(out), _Reader(calibration or {}), quant_format=QuantFormat.QDQ,
+                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            )
+        elif method == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(source), keep_io_types=True), out)
+        else:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            options.optimized_model_filepath = str(out)
+            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(out)
+        model.ir_version = min(model.ir_version, 10)
+        _compact_names(model)
+        return model.SerializeToString()
+
+
+def _compact_names(model: onnx.ModelProto) -> None:
+    """Internal tensor and node names from TensorFlow ('cnn_1/conv_64_1/convolution/ReadVariableOp:0_quantized')
+    can outweigh a small model's int8 weights; inputs and outputs keep theirs, the rest get short ones."""
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    renamed: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return renamed.setdefault(name, f"t{len(renamed)}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for node in graph.node:
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+        node.name = ""
+        node.doc_string = ""
+    for value in graph.value_info:
+        value.name = short(value.name)
+    graph.doc_string = ""
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over arrays, 32 rows at a time."""
+
+    def __init__(self, data: dict[str, np.ndarray], rows: int = 32) -> None:
+        n = len(next(iter(data.values()))) if data else 0
+        self._batches = iter([{k: v[i : i + rows] for k, v in data.items()} for i in range(0, n, rows)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _load_inputs(path: str | Path, inputs: list[str]) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    if len(inputs) == 1 and inputs[0] not in arrays and "x" in arrays:
+        arrays = {inputs[0]: arrays["x"]}
+    missing = [n for n in inputs if n not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks inputs {missing}; it has {sorted(arrays)}")
+    return {n: arrays[n] for n in inputs}
+
+
+def _run(model: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    types = {i.name: i.type for i in session.get_inputs()}
+    feeds = {k: v.astype(np.float32) if types[k] == "tensor(float)" else v for k, v in feeds.items()}
+    return np.asarray(session.run([session.get_outputs()[0].name], feeds)[0])
+
+
+def _gate(method, source, original, compressed, eval_data, calib, inputs, max_drop, threshold) -> CompressionReport:
+    if eval_data:
+        feeds = _load_inputs(eval_data, inputs)
+        with np.load(eval_data, allow_pickle=False) as data:
+            y = data["y"]
+        before, after = _run(original, feeds), _run(compressed, feeds)
+        if np.issubdtype(y.dtype, np.integer) or np.array_equal(y, np.round(y)):
+            truth = y.reshape(len(y)).astype(np.int64)
+            metric = "accuracy"
+            b = float(np.mean(decode_predictions(before, threshold).labels == truth))
+            a = float(np.mean(decode_predictions(after, threshold).labels == truth))
+            drop = b - a
+        else:
+            metric = "mean_abs_error"
+            b = float(np.mean(np.abs(before.reshape(y.shape) - y)))
+            a = float(np.mean(np.abs(after.reshape(y.shape) - y)))
+            drop = a - b
+        label = Path(eval_data).name
+    else:
+        # No labels: how often the compressed model agrees with the original on the calibration
+        # data (or random inputs), said so in the report.
+        feeds = calib or _random_inputs(original)
+        before, after = _run(original, feeds), _run(compressed, feeds)
+        metric, b = "agreement", 1.0
+        a = float(np.mean(decode_predictions(before, threshold).labels == decode_predictions(after, threshold).labels))
+        drop = b - a
+        label = "calibration data (no --eval: output agreement, not accuracy)" if calib else "random inputs (no --eval)"
+    sample = feeds
+    return CompressionReport(
+        method, source, len(original), len(compressed), metric, b, a, drop, max_drop, label,
+        [_speed(original, sample, n) for n in (1, 32)], [_speed(compressed, sample, n) for n in (1, 32)],
+    )
+
+
+def _random_inputs(model: bytes) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    return {i.name: rng.uniform(-1, 1, [256, *[d if isinstance(d, int) else 1 for d in i.shape[1:]]]).astype(np.float32)
+            for i in session.get_inputs()}
+
+
+def _speed(model: bytes, sample: dict[str, np.ndarray], batch: int, seconds: float = 0.5) -> Speed:
+    """Closed-loop in-process speed at `batch` rows (rows repeat when the sample is smaller)."""
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    types = {i.name: i.type for i in session.get_inputs()}
+    feeds = {k: np.resize(v, (batch, *v.shape[1:])) for k, v in sample.items()}
+    feeds = {k: v.astype(np.float32) if types[k] == "tensor(float)" else v for k, v in feeds.items()}
+    for _ in range(5):
+        session.run(None, feeds)
+    runs, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        session.run(None, feeds)
+        runs += 1
+    return Speed(batch, 1000 * elapsed / runs, batch * runs / elapsed)
+
+
+def _record(source_dir: Path, report: CompressionReport) -> dict:
+    path = source_dir / "conversion.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record["compression"] = asdict(report)
+    return record

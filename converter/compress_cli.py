@@ -1,0 +1,58 @@
+"""`modelport compress`: a smaller or faster version of a published model, behind an accuracy gate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """examples:
+  modelport compress --model-repository ./models --name cnn --method int8-static \\
+      --calibration calib.npz --eval test.npz --max-accuracy-drop 0.01
+  modelport compress --model-repository ./models --name mlp --method int8-dynamic --eval test.npz
+  modelport compress --model-repository ./models --name cnn --method fp16        # for GPUs
+  modelport compress --model-repository ./models --name cnn --method optimize
+
+The result is the next version of the same model, with the report in its conversion.json.
+Without --eval, the gate compares predictions with the source version on the calibration data
+(or random inputs) and says so. Exit 1 when the gate refuses; nothing is published then.
+"""
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add the `compress` subcommand."""
+    p = sub.add_parser(
+        "compress",
+        help="quantize / convert to fp16 / optimise a published model, publish only if accuracy holds",
+        description="Make a new version of a model with ONNX Runtime's compression tools; publish it only "
+        "when the metric on --eval data drops by at most --max-accuracy-drop.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model-repository", required=True, help="repository folder")
+    p.add_argument("--name", required=True, help="model name")
+    p.add_argument("--from-version", type=int, help="version to compress (default: the latest)")
+    p.add_argument("--method", required=True, choices=["int8-dynamic", "int8-static", "fp16", "optimize"])
+    p.add_argument("--calibration", help=".npz of representative inputs (needed by int8-static)")
+    p.add_argument("--eval", dest="eval_data", help=".npz with inputs ('x' or per input) and labels 'y'")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.01, help="largest allowed drop (default 0.01)")
+    p.add_argument("--threshold", type=float, default=0.5, help="class-1 threshold for sigmoid outputs (default 0.5)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compress; 1 when the gate refuses, 2 on bad input."""
+    from .compress import AccuracyGateError, compress
+
+    try:
+        compress(
+            args.model_repository, args.name, args.method, from_version=args.from_version,
+            calibration=args.calibration, eval_data=args.eval_data, max_accuracy_drop=args.max_accuracy_drop,
+            threshold=args.threshold,
+        )
+    except AccuracyGateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
