@@ -16,7 +16,7 @@ import numpy as np
 
 from . import export, parity, publish, sources
 from .defaults import DEFAULT_MAX_BATCH_SIZE
-from .stats import input_statistics
+from .stats import input_statistics, weight_sparsity
 
 
 class ParityError(RuntimeError):
@@ -82,6 +82,9 @@ def convert(
     say(f"      passed: max |difference| {worst:.3g}")
     say(f"[4/4] publishing {model_dir / str(chosen)}")
     record = _record(loaded, opset, report, data, label)
+    record["weights"] = weight_sparsity(model)
+    if record["weights"]["sparsity"] > 0.05:
+        say(f"      weight sparsity {record['weights']['sparsity']:.1%} (pruned weights are zeros)")
     path = publish.publish(model_dir, chosen, model, record)
     publish.write_config(model_dir, name, model, max_batch_size)
     say(f"published {name} version {chosen} at {path} (max |difference| {worst:.3g})")

@@ -78,7 +78,7 @@ def from_keras(model: Any, kind: str, path: Path | None) -> Source:
     if not getattr(model, "inputs", None):
         raise ValueError("the Keras model has no defined inputs: build it (call it once, or give it an Input)")
     inputs = [
-        TensorInfo(_layer_name(t, f"input_{i}"), np.dtype(t.dtype), _batch_dynamic(t.shape))
+        TensorInfo(_layer_name(t, f"input_{i}"), _numpy_dtype(t.dtype), _batch_dynamic(t.shape))
         for i, t in enumerate(model.inputs)
     ]
     outputs = _unique([_layer_name(t, f"output_{i}") for i, t in enumerate(model.outputs)])
@@ -114,6 +114,11 @@ def from_saved_model(path: Path) -> Source:
 
     function.keep_alive = loaded  # the signature's variables live as long as the function
     return Source("saved_model", path, function, inputs, outputs)
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    """Keras 3 gives dtype names, tf-keras (Keras 2, e.g. pruned models) gives tf.DType."""
+    return np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
 
 
 def _layer_name(tensor: Any, fallback: str) -> str:

@@ -6,6 +6,19 @@ from __future__ import annotations
 import numpy as np
 
 
+def weight_sparsity(model) -> dict:
+    """Share of exactly-zero values among the model's float weights (pruning leaves zeros)."""
+    from onnx import numpy_helper
+
+    zeros = total = 0
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype.kind == "f" and array.size > 1:
+            zeros += int(np.count_nonzero(array == 0))
+            total += array.size
+    return {"zero_weights": zeros, "weights": total, "sparsity": zeros / total if total else 0.0}
+
+
 def input_statistics(sample: dict[str, np.ndarray]) -> dict[str, dict]:
     """{input: {count, mean, std, min, max}}: per feature over the batch axis, each shaped like
     one example (nested lists). Non-numeric inputs get only their count."""
