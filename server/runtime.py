@@ -45,6 +45,8 @@ class SessionOptions:
 def available_providers(requested: Sequence[str], device_id: int = 0) -> list[tuple[str, dict[str, str]]]:
     """ONNX Runtime providers (with options) for `requested`, dropping (and logging) those this
     build lacks; CPU is always last as the fallback."""
+    if any(name != "cpu" for name in requested):
+        _preload_gpu_libraries()
     have = set(ort.get_available_providers())
     chosen: list[tuple[str, dict[str, str]]] = []
     for name in requested:
@@ -59,6 +61,22 @@ def available_providers(requested: Sequence[str], device_id: int = 0) -> list[tu
     if all(p != "CPUExecutionProvider" for p, _ in chosen):
         chosen.append(("CPUExecutionProvider", {}))
     return chosen
+
+
+_preloaded = False
+
+
+def _preload_gpu_libraries() -> None:
+    """onnxruntime-gpu finds CUDA and cuDNN from the nvidia-* wheels (or PyTorch's) only after
+    preload_dlls(); without it the CUDA provider fails to load and sessions fall back to CPU."""
+    global _preloaded
+    if _preloaded or not hasattr(ort, "preload_dlls"):
+        return
+    _preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # no CUDA libraries here: the provider check below says what happens
+        log.warning("onnxruntime.preload_dlls() failed: %s", exc)
 
 
 class OnnxModel:
