@@ -140,14 +140,22 @@ def from_raw(raw: bytes, datatype: str, shape: Sequence[int], tensor: str = "ten
     dtype = _dtype(datatype, tensor)
     count = element_count(shape, tensor)
     if datatype == "BYTES":
-        return deserialize_bytes(raw, count, tensor).reshape(shape)
+        return _reshape(deserialize_bytes(raw, count, tensor), shape, tensor)
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise CodecError(
             f"{tensor}: raw data is {len(raw)} bytes, expected {expected} "
             f"({count} elements of {datatype} for shape {list(shape)})"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return _reshape(np.frombuffer(raw, dtype=dtype), shape, tensor)
+
+
+def _reshape(array: np.ndarray, shape: Sequence[int], tensor: str) -> np.ndarray:
+    # An empty tensor may still declare a dimension numpy cannot represent ([0, 2**63 - 1]).
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:
+        raise CodecError(f"{tensor}: shape {list(shape)} cannot be represented: {exc}") from None
 
 
 def to_raw(array: np.ndarray, datatype: str | None = None) -> bytes:
@@ -179,13 +187,13 @@ def from_contents(
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values)
-        return array.reshape(shape)
+        return _reshape(array, shape, tensor)
     # Range-checked narrowing: int_contents for INT8 must fit in INT8, and so on.
     wide = np.fromiter(values, dtype=_FIELD_DTYPES[field], count=count)
     array = wide.astype(dtype)
     if dtype.kind in "iu" and not np.array_equal(array, wide):
         raise CodecError(f"{tensor}: contents.{field} holds values out of range for {datatype}")
-    return array.reshape(shape)
+    return _reshape(array, shape, tensor)
 
 
 def _dtype(datatype: str, tensor: str) -> np.dtype:

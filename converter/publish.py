@@ -38,7 +38,7 @@ def versions(model_dir: Path) -> list[int]:
     """Published versions of a model folder."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
 
 
 def choose_version(model_dir: Path, wanted: int | None) -> int:

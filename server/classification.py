@@ -12,7 +12,10 @@ def classify(label: str, name: str, scores: np.ndarray, k: int, labels: tuple[st
     """Top-`k` entries of each row of `scores`, best first."""
     if scores.dtype.kind not in "fiub":
         raise InvalidInput(f"{label}: output '{name}' is not numeric; classification needs scores")
-    rows = scores.reshape(scores.shape[0], -1) if batched and scores.ndim else scores.reshape(1, -1)
+    if batched and scores.ndim:
+        rows = scores.reshape(scores.shape[0], int(np.prod(scores.shape[1:], dtype=np.int64)))
+    else:
+        rows = scores.reshape(1, scores.size)
     k = min(k, rows.shape[1])
     top = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :k]
     out = np.empty(top.shape, dtype=object)

@@ -57,6 +57,7 @@ class ModelSpec:
     inter_op_threads: int
     graph_level: int
     instances: tuple[str, ...]  # one entry per instance: "auto", "cpu" or "gpu:<id>"
+    session_entries: tuple[tuple[str, str], ...]  # parameters named "session.*", for ONNX Runtime
     batching: BatchingPolicy | None
     config: mc.ModelConfig  # the effective config, as the ModelConfig RPC will answer it
 
@@ -108,6 +109,7 @@ def model_spec(name: str, config: mc.ModelConfig) -> ModelSpec:
         inter_op_threads=_int_param(name, params, "inter_op_thread_count"),
         graph_level=config.optimization.graph.level,
         instances=_instances(config),
+        session_entries=tuple(sorted((k, v) for k, v in params.items() if k.startswith("session."))),
         batching=_batching(name, config),
         config=config,
     )

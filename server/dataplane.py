@@ -16,7 +16,7 @@ from .classification import classify
 from .config import PLATFORM
 from .errors import InvalidInput, ModelNotFound, ModelportError, NotAllowed, QueueFull
 from .metrics import Metrics
-from .quality import QualityMonitor, predicted_classes
+from .quality import QualityMonitor
 from .registry import ModelRegistry
 from .runtime import from_ort
 from .signature import TensorSpec
@@ -36,9 +36,8 @@ class Limits:
 MAX_CLASSES = 1000  # predicted-class counters are kept for outputs up to this wide
 
 
-def _probabilities(scores) -> bool:
-    array = np.asarray(scores)
-    return bool(array.size) and float(array.min()) >= 0.0 and float(array.max()) <= 1.0
+def _probabilities(scores: np.ndarray) -> bool:
+    return float(scores.min()) >= 0.0 and float(scores.max()) <= 1.0
 
 
 # Protocol extensions this server implements (ServerMetadata.extensions).
@@ -182,16 +181,23 @@ class DataPlane:
             self.quality.remember(model.name, request_id, np.asarray(results[first]))
 
     def _count_classes(self, model: ModelVersion, results: dict) -> None:
-        """The distribution of predicted classes, for classifier-shaped first outputs."""
+        """The distribution of predicted classes, for classifier-shaped first outputs ([N, C]
+        scores, or [N, 1] probabilities). On the hot path: a few numpy calls, no Python loop."""
         spec = model.signature.outputs[0]
         scores = results.get(spec.name)
-        if scores is None or spec.datatype in ("BYTES", "BF16") or not np.ndim(scores):
+        if scores is None or scores.ndim != 2 or scores.dtype.kind != "f" or not scores.shape[0]:
             return
-        width = int(np.prod(np.shape(scores)[1:], dtype=np.int64))
-        if width > MAX_CLASSES or (width == 1 and spec.datatype[0] == "F" and not _probabilities(scores)):
-            return  # a regression output, or too many classes to count
-        classes = predicted_classes(np.asarray(scores))
-        self.metrics.predicted(model.name, model.version, np.bincount(classes[classes >= 0], minlength=1))
+        width = scores.shape[1]
+        if width == 1:
+            if not _probabilities(scores):
+                return  # a regression output
+            positive = int(np.count_nonzero(scores > 0.5))  # as evaluate and Keras count class 1
+            counts: tuple[int, ...] | np.ndarray = (scores.shape[0] - positive, positive)
+        elif width <= MAX_CLASSES:
+            counts = np.bincount(scores.argmax(axis=1), minlength=width)
+        else:
+            return
+        self.metrics.predicted(model.name, model.version, counts)
 
     @staticmethod
     def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: dict) -> dict[str, Tensor]:

@@ -65,9 +65,9 @@ class InputDrift:
 
     def add(self, rows: np.ndarray) -> None:
         """Account the rows of one request ([batch, ...]); rows of another size are ignored."""
-        flat = rows.reshape(rows.shape[0], -1)
-        if flat.shape[1] != self.reference.mean.size or flat.dtype.kind not in "fiub":
+        if not rows.shape[0] or rows.size != rows.shape[0] * self.reference.mean.size or rows.dtype.kind not in "fiub":
             return
+        flat = rows.reshape(rows.shape[0], -1)
         sums = flat.sum(axis=0, dtype=np.float64)
         with self._lock:
             if not self._blocks or self._blocks[-1][0] >= self._block_rows:

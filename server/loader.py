@@ -72,7 +72,7 @@ def _options(spec: cfg.ModelSpec, kind: str, settings: LoaderSettings) -> Sessio
         providers = ("cpu",)
     elif kind.startswith("gpu:"):
         providers, device = tuple(p for p in settings.providers if p != "cpu") or ("cuda",), int(kind[4:])
-    return SessionOptions(threads, spec.inter_op_threads, spec.graph_level, providers, device)
+    return SessionOptions(threads, spec.inter_op_threads, spec.graph_level, providers, device, spec.session_entries)
 
 
 def warm_up(

@@ -132,9 +132,13 @@ class Metrics:
 
     def predicted(self, model: str, version: int, counts) -> None:
         """Add a request's predicted-class counts (index = class)."""
+        children = self._bound(model, version).classes
         for cls, count in enumerate(counts):
             if count:
-                self.predicted_class.labels(model, str(version), str(cls)).inc(int(count))
+                child = children.get(cls)
+                if child is None:
+                    child = children[cls] = self.predicted_class.labels(model, str(version), str(cls))
+                child.inc(int(count))
 
     def track_drift(self, served: Callable[[], Iterable]) -> None:
         """Export drift scores of the versions `served()` returns, computed at scrape time."""
@@ -163,6 +167,7 @@ class _VersionMetrics:
         self.infer_time = metrics.infer_time.labels(*labels)
         self.output_time = metrics.output_time.labels(*labels)
         self.batch_size = metrics.batch_size.labels(*labels)
+        self.classes: dict[int, object] = {}  # predicted-class counters, made on first use
 
 
 class _DriftCollector(Collector):

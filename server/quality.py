@@ -27,6 +27,8 @@ def predicted_classes(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     integer outputs are classes, one column of scores is a sigmoid (> threshold is class 1), several
     columns are per-class scores (argmax). Outputs of other shapes are flattened per row first."""
     array = np.asarray(scores)
+    if array.ndim and array.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
     rows = array.reshape(array.shape[0] if array.ndim else 1, -1)
     if rows.dtype.kind in "biu":
         rows = rows[:, :1]

@@ -95,7 +95,7 @@ class ModelRegistry:
             raise ModelNotReady(f"model '{name}' is not ready: {self._why_not(entry)}")
         if not version:
             return entry.versions[max(entry.versions)]
-        if not version.isdigit() or int(version) not in entry.versions:
+        if not (version.isascii() and version.isdigit()) or int(version) not in entry.versions:
             served = ", ".join(str(v) for v in sorted(entry.versions))
             raise ModelNotFound(f"model '{name}' has no served version '{version}'; served versions: {served}")
         return entry.versions[int(version)]

@@ -33,4 +33,4 @@ def scan(root: Path) -> dict[str, ModelDirectory]:
 
 def version_folders(model_dir: Path) -> tuple[int, ...]:
     """The integer-named subfolders of a model folder, ascending."""
-    return tuple(sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()))
+    return tuple(sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()))

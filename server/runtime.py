@@ -40,6 +40,10 @@ class SessionOptions:
     graph_level: int = 0
     providers: tuple[str, ...] = ("cpu",)
     device_id: int = 0
+    # ONNX Runtime session config entries (config.pbtxt parameters named "session.*"). By default
+    # idle intra-op threads do not spin: spinning threads take the CPU the event loop needs to
+    # decode the next request, which costs a server more than the wake-up latency it saves.
+    config_entries: tuple[tuple[str, str], ...] = ()
 
 
 def available_providers(requested: Sequence[str], device_id: int = 0) -> list[tuple[str, dict[str, str]]]:
@@ -55,6 +59,10 @@ def available_providers(requested: Sequence[str], device_id: int = 0) -> list[tu
             raise ValueError(f"unknown execution provider '{name}'; expected one of {', '.join(PROVIDERS)}")
         if provider in have:
             options = {} if name == "cpu" else {"device_id": str(device_id)}
+            if name == "cuda":
+                # Dynamic batching makes many batch sizes; an exhaustive cuDNN algorithm search for
+                # each new shape stalls the GPU for seconds, the heuristic choice does not.
+                options["cudnn_conv_algo_search"] = "HEURISTIC"
             chosen.append((provider, options))
         else:
             log.warning("execution provider %s is not available in this onnxruntime build; using the next one", provider)
@@ -128,6 +136,9 @@ def _session_options(options: SessionOptions) -> ort.SessionOptions:
     if options.inter_op_threads > 1:
         so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     so.graph_optimization_level = _GRAPH_LEVELS.get(options.graph_level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    entries = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0", **dict(options.config_entries)}
+    for key, value in entries.items():
+        so.add_session_config_entry(key, value)
     return so
 
 
