@@ -116,7 +116,7 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     log.info("listening on %s:%d (models: %s)", settings.host, port, ", ".join(registry.names()) or "none")
     running = RunningServer(server, port, dataplane, health)
     if metrics is not None:
-        metrics.track_drift(registry.served)
+        metrics.track(registry.served)
         running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")

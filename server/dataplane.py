@@ -131,16 +131,11 @@ class DataPlane:
             raise QueueFull(
                 f"{model.label}: {model.in_flight} requests are already pending (limit {self.limits.max_pending_requests}); retry later"
             )
-        model.acquire()
-        if self.metrics is not None:
-            self.metrics.request_started(model.name, model.version)
-        return model
+        return model.acquire()
 
     def release(self, model: ModelVersion) -> None:
         """The request that acquired `model` is answered."""
         model.release()
-        if self.metrics is not None:
-            self.metrics.request_finished(model.name, model.version)
 
     async def infer(self, model: ModelVersion, request: InferenceRequest) -> InferenceResponse:
         """Validate and run one request on `model` (acquired by the caller)."""
@@ -155,21 +150,17 @@ class DataPlane:
             outputs = self._shape_outputs(model, wanted, results)
             output_ns = time.perf_counter_ns() - output_start
         except ModelportError as exc:
-            model.stats.record_failure(time.perf_counter_ns() - start)
-            if self.metrics is not None:
-                self.metrics.failed(model.name, model.version, exc.code.name)
+            model.stats.record_failure(time.perf_counter_ns() - start, exc.code.name)
             raise
         rows = next(iter(request.inputs.values()))[1].shape[0] if model.spec.max_batch_size > 0 else 1
         total_ns = time.perf_counter_ns() - start
         model.stats.record_success(total_ns, timing, output_ns, rows)
         model.stats.record_output(timing.batch_size, output_ns)
-        if self.metrics is not None:
-            self.metrics.succeeded(model.name, model.version, total_ns, timing, output_ns, rows)
         if request.id and self.quality is not None:
             self._remember(model, request.id, results)
         if model.drift is not None:
             model.drift.observe(request.inputs)
-        if self.metrics is not None:
+        if model.drift is not None and model.drift.sampled:
             self._count_classes(model, results)
         return InferenceResponse(model.name, str(model.version), request.id, outputs)
 
@@ -197,7 +188,7 @@ class DataPlane:
             counts = np.bincount(scores.argmax(axis=1), minlength=width)
         else:
             return
-        self.metrics.predicted(model.name, model.version, counts)
+        model.stats.record_classes(counts)
 
     @staticmethod
     def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: dict) -> dict[str, Tensor]:

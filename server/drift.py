@@ -96,14 +96,17 @@ class DriftTracker:
         self.inputs = {name: InputDrift(ref, window) for name, ref in references.items()}
         self._every = max(1, round(1 / sample_rate)) if sample_rate > 0 else 0
         self._seen = 0
+        self.sampled = False  # whether the last observed request was sampled (class counting follows it)
 
     def observe(self, inputs: dict) -> None:
         """Called with each successful request's inputs {name: (datatype, array)}."""
-        if not self._every or not self.inputs:
+        self.sampled = False
+        if not self._every:
             return
         self._seen += 1
         if self._seen % self._every:
             return
+        self.sampled = True
         for name, drift in self.inputs.items():
             tensor = inputs.get(name)
             if tensor is not None and tensor[1].ndim:

@@ -211,7 +211,6 @@ class ModelRegistry:
                 self._set_state(entry, version, VersionState(LOADING))
             try:
                 served[version] = loaded = await asyncio.to_thread(load_version, directory, spec, version, self.settings)
-                self._observe(loaded)
                 event(log, logging.INFO, "model_loaded", model=entry.name, version=version,
                       providers=",".join(loaded.scheduler.instances[0].model.providers))
             except ModelLoadError as exc:
@@ -286,12 +285,6 @@ class ModelRegistry:
         entry.states[version] = state
         if self.metrics is not None:
             self.metrics.set_state(entry.name, str(version), state.state)
-
-    def _observe(self, loaded: ModelVersion) -> None:
-        """Feed the version's executions to the metrics."""
-        if self.metrics is not None:
-            metrics, name, version = self.metrics, loaded.name, loaded.version
-            loaded.stats.on_execution = lambda size: metrics.executed(name, version, size)
 
     def _notify(self, name: str) -> None:
         for listener in self.listeners:

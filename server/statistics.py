@@ -1,16 +1,22 @@
 """Per model-version statistics, as Triton's ModelStatistics reports them.
 
-Durations are cumulative (count, nanoseconds). All updates happen on the event loop thread, so
-no locking is needed. Phases: queue = waiting for an instance (and the batcher); compute_input =
+Durations are cumulative (count, nanoseconds) and also kept as histograms, which the Prometheus
+endpoint reads at scrape time: the request path only adds numbers (no locks, no metric objects),
+because every lock and call there costs throughput. All updates happen on the event loop thread.
+Phases: queue = waiting for an instance (and the batcher); compute_input =
 preparing the run (merging a batch); compute_infer = the ONNX Runtime run on the instance's
 thread; compute_output = splitting the batch and shaping outputs.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# Histogram bucket bounds, from 100 µs to 60 s: a tiny MLP on CPU to a large batch on a busy GPU.
+LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BOUNDS_NS = tuple(int(b * 1e9) for b in LATENCY_BUCKETS_S)
 
 
 @dataclass
@@ -24,6 +30,20 @@ class Duration:
         """Count one more of `ns` nanoseconds."""
         self.count += 1
         self.ns += ns
+
+
+@dataclass
+class TimedDuration(Duration):
+    """A Duration that also counts observations per latency bucket (non-cumulative; the last
+    slot is above the largest bound)."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(_BOUNDS_NS) + 1))
+
+    def add(self, ns: int) -> None:
+        """Count one more of `ns` nanoseconds, in its bucket too."""
+        self.count += 1
+        self.ns += ns
+        self.buckets[bisect.bisect_left(_BOUNDS_NS, ns)] += 1
 
 
 @dataclass
@@ -49,23 +69,22 @@ class Timing:
 class VersionStats:
     """Counters of one model version since it was loaded."""
 
-    success: Duration = field(default_factory=Duration)
+    success: TimedDuration = field(default_factory=TimedDuration)  # end-to-end time of successful requests
     fail: Duration = field(default_factory=Duration)
-    queue: Duration = field(default_factory=Duration)
-    compute_input: Duration = field(default_factory=Duration)
-    compute_infer: Duration = field(default_factory=Duration)
-    compute_output: Duration = field(default_factory=Duration)
+    queue: TimedDuration = field(default_factory=TimedDuration)
+    compute_input: TimedDuration = field(default_factory=TimedDuration)
+    compute_infer: TimedDuration = field(default_factory=TimedDuration)
+    compute_output: TimedDuration = field(default_factory=TimedDuration)
     inference_count: int = 0
     execution_count: int = 0
     last_inference_ms: int = 0
     batches: dict[int, BatchStats] = field(default_factory=dict)
-    on_execution: Callable[[int], None] | None = field(default=None, repr=False)  # metrics hook
+    failures: dict[str, int] = field(default_factory=dict)  # by gRPC status code name
+    classes: dict[int, int] = field(default_factory=dict)  # predicted class -> rows
 
     def record_execution(self, batch_size: int, input_ns: int, infer_ns: int) -> None:
         """One run of the session on `batch_size` rows."""
         self.execution_count += 1
-        if self.on_execution is not None:
-            self.on_execution(batch_size)
         stats = self.batches.setdefault(batch_size, BatchStats())
         stats.compute_input.add(input_ns)
         stats.compute_infer.add(infer_ns)
@@ -84,7 +103,14 @@ class VersionStats:
         self.inference_count += rows
         self.last_inference_ms = time.time_ns() // 1_000_000
 
-    def record_failure(self, total_ns: int) -> None:
-        """A request that reached the model and failed."""
+    def record_failure(self, total_ns: int, code: str) -> None:
+        """A request that reached the model and failed with status `code`."""
         self.fail.add(total_ns)
+        self.failures[code] = self.failures.get(code, 0) + 1
         self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_classes(self, counts) -> None:
+        """Rows per predicted class of one request (index = class)."""
+        for cls, count in enumerate(counts):
+            if count:
+                self.classes[cls] = self.classes.get(cls, 0) + int(count)
