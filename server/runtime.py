@@ -92,6 +92,7 @@ class OnnxModel:
 
     def __init__(self, path: Path, options: SessionOptions, label: str) -> None:
         self.label = label
+        self.options = options
         try:
             self._session = ort.InferenceSession(
                 str(path),
