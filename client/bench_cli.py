@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
+from .argtypes import positive_float, positive_int
+
 EPILOG = """examples:
   modelport bench --url localhost:8001 --model mlp --concurrency 1,8,32 --seconds 5
   modelport bench --url localhost:8001 --model mlp --batch 16 --concurrency 1:64:x2 --processes 4 \\
@@ -49,10 +51,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("-u", "--url", default="localhost:8001", help="server address host:port (default localhost:8001)")
     p.add_argument("-m", "--model", required=True, help="model name")
     p.add_argument("-x", "--model-version", default="", help="model version (default: newest served)")
-    p.add_argument("-b", "--batch", type=_positive_int, help="items per request: the batch dimension (default 1)")
+    p.add_argument("-b", "--batch", type=positive_int, help="items per request: the batch dimension (default 1)")
     p.add_argument("--concurrency", "--concurrency-range", dest="concurrency", default="1", type=parse_concurrency,
                    help="levels: a comma list and/or start:end[:step] ranges, step +N or xN (default 1; e.g. 1,8,32 or 1:64:x2)")
-    p.add_argument("--seconds", type=_positive_float, default=5.0, help="measurement window per level (default 5)")
+    p.add_argument("--seconds", type=positive_float, default=5.0, help="measurement window per level (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each window (default 1)")
     p.add_argument("--input", type=Path, metavar="FILE",
                    help=".npz with one array per input (or .npy for a single-input model) instead of random data")
@@ -61,11 +63,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2",
                    help="dimensions after the batch dimension for a dynamic input (whole shape if it has no "
                         "dynamic batch dimension); repeatable")
-    p.add_argument("--processes", type=_positive_int, default=1,
+    p.add_argument("--processes", type=positive_int, default=1,
                    help="client worker processes sharing each level's concurrency (default 1: this process)")
-    p.add_argument("--requests-per-channel", type=_positive_int, default=8,
+    p.add_argument("--requests-per-channel", type=positive_int, default=8,
                    help="outstanding requests per gRPC channel/connection (default 8)")
-    p.add_argument("--timeout", type=_positive_float, default=60.0, help="per-request deadline in seconds (default 60)")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="per-request deadline in seconds (default 60)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results (levels and run metadata) as JSON")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write one CSV row per level")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="plot throughput against p99 latency (needs matplotlib)")
@@ -111,18 +113,6 @@ def parse_shapes(items: Sequence[str]) -> dict[str, list[int]]:
     return shapes
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 # ---------------------------------------------------------------- run

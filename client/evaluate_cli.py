@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .argtypes import positive_float, positive_int
+
 EPILOG = """examples:
   modelport evaluate --url localhost:8001 --model mlp --data test.npz
   modelport evaluate --url localhost:8001 --model mlp --data test.npz --batch-size 256 --threshold 0.3 --json report.json
@@ -39,27 +41,15 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("-m", "--model", required=True, help="model name")
     p.add_argument("-x", "--model-version", default="", help="model version (default: newest served)")
     p.add_argument("--data", required=True, type=Path, metavar="FILE.npz", help=".npz with 'x' (or one array per input) and 'y'")
-    p.add_argument("-b", "--batch-size", type=_positive_int, default=64, help="examples per request (default 64)")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=64, help="examples per request (default 64)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="a [N, 1] probability above this is class 1 (default 0.5)")  # fmt: skip
     p.add_argument("--output", metavar="NAME", help="the output holding the predictions (needed when the model has several)")
     p.add_argument("--json", metavar="FILE|-", help="write every number as JSON to FILE, or to stdout with '-'")
-    p.add_argument("--timeout", type=_positive_float, default=60.0, help="per-request deadline in seconds (default 60)")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="per-request deadline in seconds (default 60)")
     p.set_defaults(func=run)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from modelport.client.argtypes import boolean
+
 EPILOG = """example:
   modelport serve --model-repository ./models --grpc-port 8001
   # then: modelport predict --url localhost:8001 --model mlp --input x.npy
@@ -26,7 +28,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 picks a free one)")
     p.add_argument("--metrics-port", type=int,
                    help="Prometheus /metrics port (default 8002; with --workers N, worker i uses port + i)")
-    p.add_argument("--allow-metrics", type=_bool, help="serve /metrics (default true)")
+    p.add_argument("--allow-metrics", type=boolean, help="serve /metrics (default true)")
     p.add_argument("--host", help="address to bind (default 0.0.0.0)")
     p.add_argument("--grpc-max-message-size", dest="max_message_bytes", type=int,
                    help="largest request or response in bytes (default 64 MiB)")
@@ -46,14 +48,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--repository-poll-secs", type=float, help="poll interval in poll mode (default 15)")
     p.add_argument("--load-model", action="append",
                    help="explicit mode: a model to load at start; repeatable; '*' loads all")
-    p.add_argument("--grpc-use-ssl", type=_bool, help="serve gRPC over TLS (default false)")
+    p.add_argument("--grpc-use-ssl", type=boolean, help="serve gRPC over TLS (default false)")
     p.add_argument("--grpc-server-cert", help="PEM certificate chain of the server (reloaded when it changes)")
     p.add_argument("--grpc-server-key", help="PEM private key of the server (reloaded when it changes)")
     p.add_argument("--grpc-root-cert", help="PEM CA that signs client certificates (mutual TLS)")
-    p.add_argument("--grpc-use-ssl-mutual", type=_bool, help="require client certificates signed by --grpc-root-cert")
+    p.add_argument("--grpc-use-ssl-mutual", type=boolean, help="require client certificates signed by --grpc-root-cert")
     p.add_argument("--auth-token-file", help="'<token> <scope>[,<scope>]' per line (scopes: inference, admin); "
                    "reread when it changes; without it, no authentication")
-    p.add_argument("--auth-open-health", type=_bool, help="health and reflection answer without a token (default true)")
+    p.add_argument("--auth-open-health", type=boolean, help="health and reflection answer without a token (default true)")
     p.add_argument("--grpc-max-connection-age-ms", type=int,
                    help="close client connections after this many ms so clients re-resolve and spread over new "
                         "replicas (default 0 = never; the Kubernetes manifests set it)")
@@ -73,14 +75,6 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="log level (default INFO: model loads/unloads/failures and failed requests, one line each)")
     p.add_argument("--log-format", choices=["text", "json"], help="text (logfmt fields) or one JSON object per line")
     p.set_defaults(func=run)
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
 def run(args: argparse.Namespace) -> int:
