@@ -51,9 +51,10 @@ class Server:
                 if match and not found.is_set():
                     self.address = f"{match.group(1)}:{match.group(2)}"
                     found.set()
+            found.set()  # the output ended: the process is gone, no need to wait any longer
 
         threading.Thread(target=read, daemon=True).start()
-        if not found.wait(start_timeout):
+        if not found.wait(start_timeout) or not self.address:
             self.stop()
             raise RuntimeError(f"{label} did not start:\n" + "".join(self.lines))
 

@@ -7,6 +7,12 @@ leading dimension = batch, other dynamic dimensions 1).
 
     python benchmarks/inprocess.py --model /tmp/bench-models/mlp/1/model.onnx --batch 1 \\
         --intra-op-threads 2 --concurrency 1 --seconds 5 [--json out.json]
+    # on a GPU (onnxruntime-gpu): the same loop on the CUDA execution provider
+    python benchmarks/inprocess.py --model /tmp/bench-models/resnet50/1/model.onnx --batch 32 --provider cuda
+
+With `--provider cuda` the session gets the options `modelport serve --execution-provider cuda`
+gives its sessions (device_id only, ONNX Runtime's defaults otherwise), so the two compare;
+inputs are numpy arrays, so every call copies them to the GPU, as a server's calls do.
 """
 
 from __future__ import annotations
@@ -48,6 +54,33 @@ class InProcessResult:
     p90_ms: float
     p99_ms: float
     avg_ms: float
+    provider: str = "CPUExecutionProvider"  # the provider the session really runs on (first of its list)
+
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def preload_gpu_libraries() -> None:
+    """onnxruntime-gpu >= 1.21 finds CUDA/cuDNN from the nvidia-* wheels (or torch) only after
+    `preload_dlls()`; a no-op where it does not exist or fails (the session then says so by
+    falling back to CPU)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - a missing library shows up as the CPU fallback
+        print(f"onnxruntime.preload_dlls() failed: {exc}", file=sys.stderr)
+
+
+def session_providers(provider: str = "cpu", device_id: int = 0) -> list:
+    """ONNX Runtime's provider list for `provider` (cpu, cuda, tensorrt), CPU last as the fallback."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider '{provider}'; expected one of {', '.join(PROVIDERS)}")
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    preload_gpu_libraries()
+    return [(PROVIDERS[provider], {"device_id": str(device_id)}), "CPUExecutionProvider"]
 
 
 def random_feed(session: ort.InferenceSession, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,12 +107,16 @@ def measure(
     seconds: float = 5.0,
     concurrency: int = 1,
     warmup: float = 1.0,
+    provider: str = "cpu",
+    device_id: int = 0,
 ) -> InProcessResult:
-    """Closed-loop `session.run` from `concurrency` threads on one session."""
+    """Closed-loop `session.run` from `concurrency` threads on one session (`provider`: cpu,
+    cuda or tensorrt; the result's `provider` says which one the session really got)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
-    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model), sess_options=options, providers=session_providers(provider, device_id))
     feed = random_feed(session, batch)
+    session.run(None, feed)  # first-run costs (allocations, cuDNN's algorithm search) stay out of the clock
     start = time.perf_counter() + 0.05
     window_start, window_end = start + warmup, start + warmup + seconds
     per_thread: list[list[float]] = [[] for _ in range(concurrency)]
@@ -114,6 +151,7 @@ def measure(
         p90_ms=float(p90),
         p99_ms=float(p99),
         avg_ms=float(ms.mean()) if ms.size else math.nan,
+        provider=session.get_providers()[0],
     )
 
 
@@ -126,12 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=1, help="threads calling session.run (default 1)")
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds (default 1)")
+    p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
+                   help="ONNX Runtime execution provider (default cpu; cuda needs onnxruntime-gpu)")
+    p.add_argument("--device-id", type=int, default=0, help="GPU for --provider cuda/tensorrt (default 0)")
     p.add_argument("--json", type=Path, help="also write the result as JSON")
     args = p.parse_args(argv)
-    r = measure(args.model, args.batch, args.intra_op_threads, args.seconds, args.concurrency, args.warmup)
+    r = measure(args.model, args.batch, args.intra_op_threads, args.seconds, args.concurrency, args.warmup,
+                args.provider, args.device_id)  # fmt: skip
+    if r.provider != PROVIDERS[args.provider]:
+        print(f"warning: the session runs on {r.provider}, not {PROVIDERS[args.provider]} (CPU fallback)", file=sys.stderr)
     print(
         f"{r.model}: batch {r.batch}, {r.intra_op_threads} intra-op threads, {r.concurrency} calling threads, "
-        f"{r.seconds:g} s\n"
+        f"{r.provider}, {r.seconds:g} s\n"
         f"  {r.calls_per_s:.1f} calls/s, {r.items_per_s:.1f} items/s; latency ms p50 {r.p50_ms:.3f} "
         f"p90 {r.p90_ms:.3f} p99 {r.p99_ms:.3f} avg {r.avg_ms:.3f}"
     )

@@ -70,7 +70,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--quality-window", type=int, help="labelled rows behind the rolling quality metrics (default 1000)")
     p.add_argument("--quality-pending", type=int, help="request ids per model waiting for a label (default 10000)")
     p.add_argument("--drift-window", type=int, help="rows in the sliding window of live input statistics (default 1000)")
-    p.add_argument("--drift-sample-rate", type=float, help="share of requests fed to drift tracking (default 1.0)")
+    p.add_argument("--drift-sample-rate", type=float, help="share of requests fed to drift tracking and class counting (default 0.1)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level (default INFO: model loads/unloads/failures and failed requests, one line each)")
     p.add_argument("--log-format", choices=["text", "json"], help="text (logfmt fields) or one JSON object per line")

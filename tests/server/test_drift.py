@@ -52,7 +52,7 @@ def reference_rows(n: int, shift: float = 0.0) -> np.ndarray:
 
 
 def test_drift_stays_near_zero_on_reference_data_and_rises_when_shifted(repo: Path) -> None:
-    with BackgroundServer(repo, drift_window=400) as server:
+    with BackgroundServer(repo, drift_window=400, drift_sample_rate=1.0) as server:
         client = Client(server.address)
         for _ in range(40):
             client.infer("clf", {"x": reference_rows(10)})
