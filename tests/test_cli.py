@@ -140,7 +140,7 @@ def test_sigterm_finishes_in_flight_requests(repo: Path) -> None:
     threads = [threading.Thread(target=lambda: results.append(client.infer("slow", {"x": x})["y"])) for _ in range(3)]
     for thread in threads:
         thread.start()
-    time.sleep(0.2)  # the requests are in flight now (each takes longer than this)
+    _wait_for(lambda: _pending(server) >= 3)  # all three reached the server and are running or queued
     server.proc.send_signal(signal.SIGTERM)
     for thread in threads:
         thread.join(timeout=60)
@@ -149,6 +149,17 @@ def test_sigterm_finishes_in_flight_requests(repo: Path) -> None:
     for y in results:
         np.testing.assert_allclose(y, expected, rtol=1e-5)
     assert any("shutting down" in line for line in server.log)
+
+
+def _pending(server: ServerProcess) -> float:
+    """modelport_inference_pending_requests summed over models, from the server's /metrics."""
+    import urllib.request
+
+    port = next(re.search(r"metrics on http://[^:]+:(\d+)/metrics", line).group(1)
+                for line in server.log if "metrics on" in line)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("modelport_inference_pending_requests{"))
 
 
 def _worker_pids(supervisor: int) -> list[int]:

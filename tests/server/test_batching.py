@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from modelport.client import AsyncClient, Client, InferenceServerError
+from modelport.server.background import BackgroundServer
 from modelport.server.errors import DeadlineExceeded, InferenceFailed
 from modelport.server.registry import ModelRegistry
 from tests import models
@@ -126,23 +127,36 @@ max_batch_size: 128
 dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_queue_size: 2 } }
 """
     models.save(models.dense_chain(1024, 32), tmp_path, "slow", config=config)
-    address = start_server(tmp_path)
+    server = BackgroundServer(tmp_path).start()
+    address = server.address
     big = np.ones((128, 1024), np.float32)
     small = np.ones((1, 1024), np.float32)
     Client(address).infer("slow", {"x": small})  # warm up
+    model = server.running.dataplane.registry.get("slow")
+
+    async def until_in_flight(count: int) -> None:
+        for _ in range(1000):  # no fixed sleeps: a loaded machine only makes this slower
+            if model.in_flight >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"never {count} requests in flight")
 
     async def run():
         async with AsyncClient(address) as client:
             busy = asyncio.ensure_future(client.infer("slow", {"x": big}))
-            await asyncio.sleep(0.03)  # the only instance runs `busy` now
+            await until_in_flight(1)
+            await asyncio.sleep(0.05)  # the only instance has taken `busy` from the queue
             queued = [asyncio.ensure_future(client.infer("slow", {"x": big})) for _ in range(2)]
-            await asyncio.sleep(0.03)  # both wait in the queue, which is now full
+            await until_in_flight(3)  # both wait in the queue, which is now full
             refused = await asyncio.gather(*(client.infer("slow", {"x": small}) for _ in range(3)), return_exceptions=True)
             done = await asyncio.gather(busy, *queued, return_exceptions=True)
             after = await client.infer("slow", {"x": small})
             return refused, done, after
 
-    refused, done, after = asyncio.run(run())
+    try:
+        refused, done, after = asyncio.run(run())
+    finally:
+        server.stop()
     assert all(isinstance(o, InferenceServerError) and o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused), refused
     assert "queue is full" in refused[0].message and "model 'slow'" in refused[0].message
     assert all(isinstance(d, dict) for d in done), done  # the queued ones were not lost
