@@ -204,7 +204,8 @@ def test_unload_while_requests_in_flight(tmp_path: Path) -> None:
         threads = [threading.Thread(target=call) for _ in range(3)]
         for thread in threads:
             thread.start()
-        time.sleep(0.1)
+        model = server.running.dataplane.registry.get("slow")
+        wait_for(lambda: model.in_flight >= 3)  # all three are running or queued on version 1
         client.unload_model("slow")
         for thread in threads:
             thread.join()
