@@ -44,3 +44,9 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) models .demo .pytest_cache
+
+# Build the CPU server image with podman on a locally made base, serve a model from a volume and
+# call it with the client (needs root and Debian's podman/runc/debootstrap; not part of `make test`).
+.PHONY: image-test
+image-test: $(STAMP)
+	PY=$(PY) bash k8s/images/image_test.sh

@@ -1,0 +1,77 @@
+"""The image recipes keep their promises (the build itself is `make image-test`, not part of
+`make test`): pinned multi-stage bases, the right extra and no TensorFlow in server images, a
+non-root user, the ports and command the manifests expect, and a build context without local
+state."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from .render import K8S, ROOT
+
+IMAGES = K8S / "images"
+SERVERS = {"Dockerfile.cpu": "server", "Dockerfile.gpu": "gpu"}
+
+
+def instructions(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (IMAGES / name).read_text())
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.convert"])
+def test_multi_stage_on_a_pinned_base(name):
+    steps = instructions(name)
+    args = dict(a.split("=", 1) for i, a in steps if i == "ARG" and "=" in a)
+    froms = [a for i, a in steps if i == "FROM"]
+    assert len(froms) == 2 and froms[0].endswith(" AS builder"), "builder stage, then runtime stage"
+    (base_arg,) = {re.match(r"\$\{(\w+)\}", f).group(1) for f in froms}
+    base = args[base_arg]
+    assert re.search(r":[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?$", base), f"{base} is not pinned"
+    assert not base.endswith(":latest")
+    if "python" in base:
+        assert re.search(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}$", base)
+    else:
+        assert re.search(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu22\.04$", base)
+    assert any(i == "COPY" and a.startswith("--from=builder ") for i, a in steps)
+
+
+@pytest.mark.parametrize("name,extra", sorted(SERVERS.items()))
+def test_server_images(name, extra):
+    steps = instructions(name)
+    text = (IMAGES / name).read_text()
+    assert f'.whl)[{extra}]"' in text
+    assert "tensorflow" not in text.lower().replace("no tensorflow", "")
+    users = [a for i, a in steps if i == "USER"]
+    assert users and not users[-1].startswith(("root", "0")), "runs as a non-root user"
+    assert ("ENTRYPOINT", '["modelport"]') in steps
+    assert ("CMD", '["serve", "--model-repository", "/models"]') in steps
+    assert ("EXPOSE", "8001 8002") in steps
+
+
+def test_converter_image():
+    text = (IMAGES / "Dockerfile.convert").read_text()
+    assert '.whl)[convert]"' in text
+    assert ("ENTRYPOINT", '["modelport"]') in instructions("Dockerfile.convert")
+
+
+def test_build_context_leaves_local_state_out():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", "models"} <= ignored
+    copied = {a.split()[0] for name in (*SERVERS, "Dockerfile.convert")
+              for i, a in instructions(name) if i == "COPY" and not a.startswith("--from")}
+    assert not copied & ignored, "a COPY source is excluded from the context"
+
+
+def test_image_test_target_runs_the_script():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^image-test:", makefile, re.M)
+    assert "k8s/images/image_test.sh" in makefile
+    test_target = re.search(r"^test:.*$", makefile, re.M).group(0)
+    assert "image-test" not in test_target
