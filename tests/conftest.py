@@ -24,3 +24,11 @@ def start_server() -> Iterator[Callable[..., str]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[BackgroundServer]:
+    """One real server for a test module, serving that module's `repo` fixture."""
+    running = BackgroundServer(repo).start()
+    yield running
+    running.stop()

@@ -102,13 +102,6 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[BackgroundServer]:
-    running = BackgroundServer(repo).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def client(server: BackgroundServer) -> Iterator[Client]:
     with Client(server.address, timeout=30) as connected:
         yield connected

@@ -118,13 +118,6 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[BackgroundServer]:
-    running = BackgroundServer(repo).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def stub(server: BackgroundServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     channel = grpc.insecure_channel(
         server.address, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]

@@ -60,13 +60,6 @@ def repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[BackgroundServer]:
-    running = BackgroundServer(repo).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def stub(server: BackgroundServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     channel = grpc.insecure_channel(server.address)
     yield pb_grpc.GRPCInferenceServiceStub(channel)
