@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo test protos prometheus clean
+.PHONY: help venv demo test protos prometheus lock clean
 
 help:
 	@echo "make demo    train the seed models, convert, serve and call them (sets up .venv)"
@@ -41,6 +41,15 @@ test: $(STAMP) prometheus
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# Hash-pinned dependency locks the images install from (pip-compile from pip-tools, in the dev extra).
+LOCKS := server gpu convert
+lock: $(STAMP)
+	@for extra in $(LOCKS); do \
+	  echo ">> k8s/images/requirements-$$extra.lock"; \
+	  $(VENV)/bin/pip-compile --quiet --extra $$extra --generate-hashes --strip-extras --allow-unsafe \
+	    --no-emit-index-url --no-emit-find-links --output-file k8s/images/requirements-$$extra.lock pyproject.toml || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) models .demo .pytest_cache

@@ -46,7 +46,14 @@ def test_multi_stage_on_a_pinned_base(name):
 def test_server_images(name, extra):
     steps = instructions(name)
     text = (IMAGES / name).read_text()
-    assert f'.whl)[{extra}]"' in text
+    # Dependencies install from the extra's hash-pinned lock, modelport itself without dependencies.
+    assert f"k8s/images/requirements-{extra}.lock" in text and "--require-hashes" in text
+    assert "--no-deps /wheels/modelport-" in text
+    lock = (IMAGES / f"requirements-{extra}.lock").read_text()
+    pins = re.findall(r"^([a-z0-9_.-]+)==\S+ \\$", lock, re.M)
+    assert pins and lock.count("--hash=sha256:") >= len(pins), "every pin carries hashes"
+    assert ("onnxruntime-gpu" if extra == "gpu" else "onnxruntime") in pins
+    assert not any(p.startswith(("tensorflow", "tf2onnx", "keras")) for p in pins), "no TensorFlow in server images"
     assert "tensorflow" not in text.lower().replace("no tensorflow", "")
     users = [a for i, a in steps if i == "USER"]
     assert users and not users[-1].startswith(("root", "0")), "runs as a non-root user"
