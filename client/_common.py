@@ -40,8 +40,8 @@ def channel_spec(
     """Target, options and credentials for `url`: "host:port", "dns:///name:port", or a list
     of "ip:port" addresses (spread with round_robin unless told otherwise).
 
-    Calls that end UNAVAILABLE (a replica draining or gone) are retried up to `retries` times
-    with backoff, by gRPC itself; inference is stateless, so a retry is safe."""
+    Calls that end UNAVAILABLE or CANCELLED by the server (a replica draining or gone) are retried
+    up to `retries` times with backoff, by gRPC itself; inference is stateless, so a retry is safe."""
     if not isinstance(url, str):
         addresses = list(url)
         if not addresses:
@@ -63,7 +63,9 @@ def channel_spec(
                 "initialBackoff": "0.05s",
                 "maxBackoff": "1s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                # A replica that is shutting down cancels calls that reach it after its stop began
+                # (CANCELLED from the server, not from us); like UNAVAILABLE, another replica can answer.
+                "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
             },
         }]  # fmt: skip
     if service_config:
