@@ -4,6 +4,7 @@ bounded and a request whose deadline passed never runs."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -121,21 +122,32 @@ def test_expired_request_is_dropped_before_it_runs(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
-def test_queue_full_through_grpc(tmp_path: Path, start_server) -> None:
+def test_queue_full_through_grpc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = """
-max_batch_size: 128
+max_batch_size: 8
 dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_queue_size: 2 } }
 """
-    models.save(models.dense_chain(1024, 32), tmp_path, "slow", config=config)
+    models.save(models.dense_chain(16, 2), tmp_path, "slow", config=config)
     server = BackgroundServer(tmp_path).start()
     address = server.address
-    big = np.ones((128, 1024), np.float32)
-    small = np.ones((1, 1024), np.float32)
-    Client(address).infer("slow", {"x": small})  # warm up
+    one = np.ones((1, 16), np.float32)
+    Client(address).infer("slow", {"x": one})  # warm up
     model = server.running.dataplane.registry.get("slow")
+    # Hold the only instance inside its run until the queue has been seen full: the test then
+    # depends on no timing, however loaded the machine is.
+    session = model.scheduler.instances[0].model
+    entered, release = threading.Event(), threading.Event()
+    real_run = session.run
+
+    def held_run(inputs, outputs):
+        entered.set()
+        release.wait(60)
+        return real_run(inputs, outputs)
+
+    monkeypatch.setattr(session, "run", held_run)
 
     async def until_in_flight(count: int) -> None:
-        for _ in range(1000):  # no fixed sleeps: a loaded machine only makes this slower
+        for _ in range(3000):
             if model.in_flight >= count:
                 return
             await asyncio.sleep(0.01)
@@ -143,45 +155,60 @@ dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_qu
 
     async def run():
         async with AsyncClient(address) as client:
-            busy = asyncio.ensure_future(client.infer("slow", {"x": big}))
-            await until_in_flight(1)
-            await asyncio.sleep(0.05)  # the only instance has taken `busy` from the queue
-            queued = [asyncio.ensure_future(client.infer("slow", {"x": big})) for _ in range(2)]
+            busy = asyncio.ensure_future(client.infer("slow", {"x": one}))
+            assert await asyncio.to_thread(entered.wait, 60)  # the instance has taken `busy`
+            queued = [asyncio.ensure_future(client.infer("slow", {"x": 2 * one})) for _ in range(2)]
             await until_in_flight(3)  # both wait in the queue, which is now full
-            refused = await asyncio.gather(*(client.infer("slow", {"x": small}) for _ in range(3)), return_exceptions=True)
+            refused = await asyncio.gather(*(client.infer("slow", {"x": one}) for _ in range(3)), return_exceptions=True)
+            release.set()
             done = await asyncio.gather(busy, *queued, return_exceptions=True)
-            after = await client.infer("slow", {"x": small})
+            after = await client.infer("slow", {"x": one})
             return refused, done, after
 
     try:
         refused, done, after = asyncio.run(run())
     finally:
+        release.set()
         server.stop()
     assert all(isinstance(o, InferenceServerError) and o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused), refused
     assert "queue is full" in refused[0].message and "model 'slow'" in refused[0].message
     assert all(isinstance(d, dict) for d in done), done  # the queued ones were not lost
-    assert after["y"].shape == (1, 1024)
+    assert after["y"].shape == (1, 16)
 
 
-def test_deadline_passing_in_the_queue_drops_the_request(tmp_path: Path) -> None:
-    registry = _registry(tmp_path, models.dense_chain(1024, 32), "max_batch_size: 128\ndynamic_batching { }")
+def test_deadline_passing_in_the_queue_drops_the_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = _registry(tmp_path, models.dense_chain(16, 2), "max_batch_size: 8\ndynamic_batching { }")
     scheduler = registry.get("m").scheduler
-    big, one = np.ones((128, 1024), np.float32), np.ones((1, 1024), np.float32)
+    one = np.ones((1, 16), np.float32)
+    session = scheduler.instances[0].model
+    entered, release = threading.Event(), threading.Event()
+    real_run = session.run
+
+    def held_run(inputs, outputs):  # holds the only instance until the doomed request has expired
+        entered.set()
+        release.wait(60)
+        return real_run(inputs, outputs)
 
     async def run():
         await scheduler.submit({"x": ("FP32", one)}, ["y"])  # warm up
-        busy = asyncio.ensure_future(scheduler.submit({"x": ("FP32", big)}, ["y"]))
-        await asyncio.sleep(0.02)
+        monkeypatch.setattr(session, "run", held_run)
+        busy = asyncio.ensure_future(scheduler.submit({"x": ("FP32", one)}, ["y"]))
+        assert await asyncio.to_thread(entered.wait, 60)
         doomed = asyncio.ensure_future(scheduler.submit({"x": ("FP32", one)}, ["y"], time.monotonic() + 0.01))
         good = asyncio.ensure_future(scheduler.submit({"x": ("FP32", 2 * one)}, ["y"]))
+        await asyncio.sleep(0.05)  # the doomed request's deadline passes while it waits
+        release.set()
         results = await asyncio.gather(busy, doomed, good, return_exceptions=True)
         await registry.close()
         return results
 
-    busy, doomed, good = asyncio.run(run())
+    try:
+        busy, doomed, good = asyncio.run(run())
+    finally:
+        release.set()
     assert isinstance(busy, tuple), busy
     assert isinstance(doomed, DeadlineExceeded) and "deadline passed in the queue" in str(doomed)
-    assert isinstance(good, tuple) and good[0]["y"].shape == (1, 1024)
+    assert isinstance(good, tuple) and good[0]["y"].shape == (1, 16)
     assert good[1].batch_size == 1  # the expired request did not ride along
 
 
