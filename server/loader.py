@@ -20,7 +20,7 @@ from .drift import DriftTracker, read_references
 from .errors import ModelLoadError, ModelportError
 from .logs import event
 from .runtime import OnnxModel, SessionOptions
-from .scheduler import BatchingScheduler, DirectScheduler, Instance
+from .scheduler import BatchingScheduler, DirectScheduler, Instance, rows_of
 from .signature import CONFIG_TO_DATATYPE, Signature
 from .statistics import VersionStats
 from .versions import ModelVersion, fingerprint
@@ -49,15 +49,19 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
     stamp = fingerprint(model_dir, version, spec.model_filename)
     models = [OnnxModel(path, _options(spec, kind, settings), label) for kind in spec.instances]
     config, signature = cfg.complete(spec, models[0].signature, model_dir, version)
+    instances = []
     for i, model in enumerate(models):
-        seconds = warm_up(label, model_dir, config, signature, spec.max_batch_size, model)
-        if _needs_one_thread(spec, model, seconds):
-            models[i] = OnnxModel(path, replace(model.options, intra_op_threads=1), label)
-            warm_up(label, model_dir, config, signature, spec.max_batch_size, models[i])
+        timed = warm_up(label, model_dir, config, signature, spec.max_batch_size, model)
+        if _needs_one_thread(spec, model, timed):
+            model = OnnxModel(path, replace(model.options, intra_op_threads=1), label)
+            timed = warm_up(label, model_dir, config, signature, spec.max_batch_size, model)
             if i == 0:
                 event(log, logging.INFO, "model_threads", model=spec.name, version=version, intra_op_threads=1,
-                      reason=f"a warmup run takes {seconds * 1e3:.3f} ms: too short to share among threads")
-    instances = [Instance(model, i) for i, model in enumerate(models)]
+                      reason="a warmup run takes under 1 ms: too short to share among threads")
+        instance = Instance(model, i, inline=model.providers[0] == "CPUExecutionProvider")
+        if timed is not None:
+            instance.expect(*timed)
+        instances.append(instance)
     stats = VersionStats()
     if spec.batching is None:
         scheduler: DirectScheduler | BatchingScheduler = DirectScheduler(label, instances, stats)
@@ -73,10 +77,10 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
 SMALL_RUN_S = 0.001
 
 
-def _needs_one_thread(spec: cfg.ModelSpec, model: OnnxModel, seconds: float | None) -> bool:
+def _needs_one_thread(spec: cfg.ModelSpec, model: OnnxModel, timed: tuple[float, int] | None) -> bool:
     return (
-        seconds is not None
-        and seconds < SMALL_RUN_S
+        timed is not None
+        and timed[0] < SMALL_RUN_S
         and not spec.intra_op_threads
         and model.options.intra_op_threads > 1
         and model.providers[0] == "CPUExecutionProvider"
@@ -97,9 +101,10 @@ def _options(spec: cfg.ModelSpec, kind: str, settings: LoaderSettings) -> Sessio
 
 def warm_up(
     label: str, model_dir: Path, config: mc.ModelConfig, signature: Signature, max_batch_size: int, model: OnnxModel
-) -> float | None:
+) -> tuple[float, int] | None:
     """Run the config's model_warmup samples, or zeros at the largest batch when it has none;
-    return the median time of the runs (None when nothing ran).
+    return the median run time in seconds and the rows of the sample that took it (None when
+    nothing ran).
 
     A configured warmup that fails fails the load. The default one is skipped when the model has
     free dimensions besides the batch one, since no shape can be guessed that it surely accepts.
@@ -121,8 +126,10 @@ def warm_up(
                 model.run(inputs, outputs)
             except ModelportError as exc:
                 raise ModelLoadError(f"{label}: warmup '{name}' failed: {exc}") from exc
-            times.append(time.perf_counter() - start)
-    return float(np.median(times[1:] or times))  # the first run includes one-off allocation
+            times.append((time.perf_counter() - start, rows_of(inputs)))
+    kept = sorted(times[1:] or times)  # the first run includes one-off allocation
+    return kept[len(kept) // 2]
+
 
 
 def _default_inputs(signature: Signature, max_batch_size: int) -> dict | None:

@@ -135,7 +135,9 @@ dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_qu
     model = server.running.dataplane.registry.get("slow")
     # Hold the only instance inside its run until the queue has been seen full: the test then
     # depends on no timing, however loaded the machine is.
-    session = model.scheduler.instances[0].model
+    instance = model.scheduler.instances[0]
+    monkeypatch.setattr(instance, "ns_per_row", None)  # a held run must not hold the event loop
+    session = instance.model
     entered, release = threading.Event(), threading.Event()
     real_run = session.run
 
@@ -180,6 +182,7 @@ def test_deadline_passing_in_the_queue_drops_the_request(tmp_path: Path, monkeyp
     registry = _registry(tmp_path, models.dense_chain(16, 2), "max_batch_size: 8\ndynamic_batching { }")
     scheduler = registry.get("m").scheduler
     one = np.ones((1, 16), np.float32)
+    monkeypatch.setattr(scheduler.instances[0], "ns_per_row", None)  # a held run must not hold the event loop
     session = scheduler.instances[0].model
     entered, release = threading.Event(), threading.Event()
     real_run = session.run

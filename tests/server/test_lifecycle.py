@@ -187,12 +187,18 @@ def test_explicit_mode_load_unload_through_tritonclient(tmp_path: Path) -> None:
         assert peer.is_model_ready("a")
 
 
-def test_unload_while_requests_in_flight(tmp_path: Path) -> None:
+def test_unload_while_requests_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     models.save(models.matmul_chain(10), tmp_path, "slow", 1)
     with BackgroundServer(tmp_path, model_control_mode="explicit", load_model=("*",)) as server:
         client = Client(server.address, timeout=60)
         x = np.ones((800, 800), np.float32) / 800
         expected = client.infer("slow", {"x": x})["y"]
+        model = server.running.dataplane.registry.get("slow")
+        # The only instance holds its run until the unload has been asked for: the three
+        # requests are certainly in flight then, however fast the machine.
+        session, release = model.scheduler.instances[0].model, threading.Event()
+        real_run = session.run
+        monkeypatch.setattr(session, "run", lambda inputs, outputs: release.wait(60) and real_run(inputs, outputs))
         results: list = []
 
         def call() -> None:
@@ -204,16 +210,18 @@ def test_unload_while_requests_in_flight(tmp_path: Path) -> None:
         threads = [threading.Thread(target=call) for _ in range(3)]
         for thread in threads:
             thread.start()
-        model = server.running.dataplane.registry.get("slow")
-        wait_for(lambda: model.in_flight >= 3)  # all three are running or queued on version 1
-        client.unload_model("slow")
-        for thread in threads:
-            thread.join()
+        try:
+            wait_for(lambda: model.in_flight >= 3)  # all three are running or queued on version 1
+            client.unload_model("slow")
+            assert not client.is_model_ready("slow")
+        finally:
+            release.set()
+            for thread in threads:
+                thread.join()
         assert len(results) == 3
         for y in results:
             assert not isinstance(y, Exception), y
             np.testing.assert_allclose(y, expected, rtol=1e-5)
-        assert not client.is_model_ready("slow")
         wait_for(lambda: index(server.address)[("slow", "1")] == ("UNAVAILABLE", "unloaded"))
 
 
