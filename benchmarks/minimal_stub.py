@@ -4,7 +4,8 @@ one ONNX model over the KServe v2 protocol.
 It implements ModelInfer (plus ServerLive/ServerReady/ModelReady/ModelMetadata so that
 `modelport bench` and the clients can drive it) for ONE model: raw inputs are read with
 np.frombuffer, the ONNX Runtime session runs in a thread pool (run_in_executor, as modelport
-runs it off the event loop), outputs go back raw. No validation, no metrics, no typed contents,
+runs most models off the event loop) or, with --inline, on the event loop itself (as modelport
+runs models whose warm-up run takes under 50 us), outputs go back raw. No validation, no metrics, no typed contents,
 no BYTES. The gap between this and `modelport serve` is the cost of modelport's own layers.
 
     python benchmarks/minimal_stub.py --model models/mlp/1/model.onnx --name mlp --port 0
@@ -45,8 +46,8 @@ MIB = 1024 * 1024
 class StubServicer(pb_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService for one session; everything else is UNIMPLEMENTED."""
 
-    def __init__(self, name: str, session: ort.InferenceSession, executor: ThreadPoolExecutor) -> None:
-        self.name, self.session, self.executor = name, session, executor
+    def __init__(self, name: str, session: ort.InferenceSession, executor: ThreadPoolExecutor | None) -> None:
+        self.name, self.session, self.executor = name, session, executor  # no executor: run inline
         self.outputs = [o.name for o in session.get_outputs()]
         tensor = pb.ModelMetadataResponse.TensorMetadata
         shape = lambda arg: [d if isinstance(d, int) else -1 for d in arg.shape]  # noqa: E731
@@ -80,9 +81,11 @@ class StubServicer(pb_grpc.GRPCInferenceServiceServicer):
             for t, raw in zip(request.inputs, request.raw_input_contents)
         }
         names = [o.name for o in request.outputs] or self.outputs
-        loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self.executor, self.session.run, names, feed)
+            if self.executor is None:
+                results = self.session.run(names, feed)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(self.executor, self.session.run, names, feed)
         except Exception as exc:  # noqa: BLE001 - a reference server still answers
             await context.abort(grpc.StatusCode.INTERNAL, str(exc))
         response = pb.ModelInferResponse(model_name=self.name, model_version="1", id=request.id)
@@ -105,13 +108,14 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 
 
 async def serve(
-    model: str, name: str, host: str, port: int, threads: int, intra_op_threads: int, provider: str = "cpu"
+    model: str, name: str, host: str, port: int, threads: int, intra_op_threads: int, provider: str = "cpu",
+    inline: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM; prints 'listening on HOST:PORT' once bound."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     session = ort.InferenceSession(model, sess_options=options, providers=PROVIDERS[provider])
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stub-session")
+    executor = None if inline else ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stub-session")
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", 64 * MIB), ("grpc.max_send_message_length", 64 * MIB)]
     )
@@ -125,7 +129,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(1.0)
-    executor.shutdown(wait=True)
+    if executor is not None:
+        executor.shutdown(wait=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intra-op-threads", type=int, default=_cpus(),
                    help="ONNX Runtime intra-op threads (default: the usable CPUs, as modelport sizes one instance)")
     p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="ONNX Runtime execution provider (default cpu)")
+    p.add_argument("--inline", action="store_true",
+                   help="run the session on the event loop instead of a thread (modelport does so for sub-50-us models)")
     args = p.parse_args(argv)
-    asyncio.run(serve(args.model, args.name, args.host, args.port, args.threads, args.intra_op_threads, args.provider))
+    asyncio.run(serve(args.model, args.name, args.host, args.port, args.threads, args.intra_op_threads,
+                      args.provider, args.inline))
     return 0
 
 

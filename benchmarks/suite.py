@@ -659,9 +659,19 @@ def t_mlp_vs_stub(ctx: Ctx, row: Row) -> None:
     sides = [
         ("modelport", lambda: serving(modelport_command(repo), "modelport", cpus, ctx.log_path(row.name, "modelport"))),
         ("stub", lambda: serving(stub_command(model, "mlp"), "stub", cpus, ctx.log_path(row.name, "stub"))),
+        ("stub --inline", lambda: serving(stub_command(model, "mlp", "--inline", "--intra-op-threads", "1"),
+                                          "stub --inline", cpus, ctx.log_path(row.name, "stub-inline"))),
     ]
     runs = alternate(ctx, row, sides, "mlp", batch=1, concurrency=16, client_cpus=cpus, repeat=ctx.repeat)
     _ratio_rows(row, runs, "modelport", "stub")
+    # modelport runs this model inline on the event loop (its warm-up run is under 50 us) with one
+    # intra-op thread; the stub doing the same is the stricter reference, reported beside the target.
+    inline = median_run([r for r, _ in runs["stub --inline"]])
+    mine = median_run([r for r, _ in runs["modelport"]])
+    row.details["vs_stub_inline"] = mine.requests_per_s / inline.requests_per_s if inline.requests_per_s else None
+    row.notes.append(f"stub --inline (session on the event loop, 1 intra-op thread, as modelport runs this model): "
+                     f"{_rps(inline)}, modelport / it = {row.details['vs_stub_inline']:.2f}; runs "
+                     + ", ".join(f"{r.requests_per_s:,.0f}" for r, _ in runs["stub --inline"]))
     where = f"servers and client on CPUs {_cpu_text(cpus)}" if cpus else "no pinning (fewer than 4 CPUs): servers and client share them all"
     row.notes.insert(0, f"batch 1, concurrency 16, 1 client process; {where}; modelport defaults (metrics, validation on)")
 
