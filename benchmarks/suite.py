@@ -624,14 +624,15 @@ def batched_config(name: str) -> str:
 
 def alternate(ctx: Ctx, row: Row, sides: list[tuple[str, Callable[[], contextlib.AbstractContextManager]]],
               model: str, *, batch: int, concurrency: int, client_cpus: set[int] | None,
-              repeat: int) -> dict[str, list[tuple[bench.LevelResult, dict]]]:  # fmt: skip
+              repeat: int, processes: int = 1) -> dict[str, list[tuple[bench.LevelResult, dict]]]:  # fmt: skip
     """Measure each side in turn, `repeat` rounds; the runs of each side."""
     runs: dict[str, list[tuple[bench.LevelResult, dict]]] = {label: [] for label, _ in sides}
     for round_ in range(repeat):
         for label, start in sides:
             log(f"  {row.name}: {label} run {round_ + 1}/{repeat}")
             with start() as server:
-                runs[label].append(load(ctx, server, model, batch=batch, concurrency=concurrency, client_cpus=client_cpus))
+                runs[label].append(load(ctx, server, model, batch=batch, concurrency=concurrency,
+                                        processes=processes, client_cpus=client_cpus))
             time.sleep(0.3)
     return runs
 
@@ -750,23 +751,19 @@ def t_cnn_batching(ctx: Ctx, row: Row) -> None:
     if ctx.cnn_delay_us is not None:
         config = re.sub(r"max_queue_delay_microseconds:\s*\d+", f"max_queue_delay_microseconds: {ctx.cnn_delay_us}", config)
     repo_batched = repository(ctx, "cnn_batched", {"cnn": ("cnn", config, None)})
-    found = {}
-    for label, repo in (("batching", repo_batched), ("no batching", repo_plain)):
-        with serving(modelport_command(repo), label, server_cpus, ctx.log_path(row.name, label.replace(" ", "-"))) as server:
-            found[label] = load(ctx, server, "cnn", batch=1, concurrency=32, processes=processes, client_cpus=client_cpus)
-    (ours, cpu), (ref, ref_cpu) = found["batching"], found["no batching"]
-    row.ratio = ours.items_per_s / ref.items_per_s
-    row.measured = f"batching: {_rps(ours, items=True)}"
-    row.reference = f"no batching: {_rps(ref, items=True)}"
+    sides = [(label, lambda repo=repo, label=label: serving(modelport_command(repo), label, server_cpus,
+                                                           ctx.log_path(row.name, label.replace(" ", "-"))))
+             for label, repo in (("batching", repo_batched), ("no batching", repo_plain))]
+    runs = alternate(ctx, row, sides, "cnn", batch=1, concurrency=32, client_cpus=client_cpus, repeat=ctx.repeat,
+                     processes=processes)
+    ours, ref = _ratio_rows(row, runs, "batching", "no batching", items=True)
     delay = re.search(r"max_queue_delay_microseconds:\s*(\d+)", config)
     where = (f"server on CPUs {_cpu_text(server_cpus)}, {processes} client process(es) on {_cpu_text(client_cpus)}"
              if server_cpus else "no pinning")  # fmt: skip
-    row.notes += [
+    row.notes[:0] = [
         f"batch-1 requests, concurrency 32; max_batch_size 64, max_queue_delay {delay.group(1) if delay else '?'} us; {where}",
         f"p99 {ours.p99_ms:.1f} ms with batching vs {ref.p99_ms:.1f} ms without",
-        _cpu_note("batching", cpu), _cpu_note("no batching", ref_cpu),
-    ] + _errors_note("batching", ours) + _errors_note("no batching", ref)
-    row.details.update(batching=dict(ours.to_dict(), cpu=cpu), no_batching=dict(ref.to_dict(), cpu=ref_cpu))
+    ]
 
 
 def t_mlp_workers(ctx: Ctx, row: Row) -> None:
@@ -949,7 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--gpu", action="store_true", help="also run resnet50_gpu (onnxruntime-gpu with CUDA)")
     p.add_argument("--seconds", type=float, help="measured seconds per level (default 5; 2 with --quick)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per level (default 1; 0.5 with --quick)")
-    p.add_argument("--repeat", type=int, help="alternating rounds of mlp_vs_stub and drift_cost (default 3)")
+    p.add_argument("--repeat", type=int, help="alternating rounds of mlp_vs_stub, cnn_dynamic_batching and drift_cost (default 3)")
     p.add_argument("--allow-small", action="store_true",
                    help="run the 16-CPU targets scaled down to this machine's CPUs (tests the suite; numbers mean little)")
     p.add_argument("--cnn-delay-us", type=int,

@@ -58,7 +58,7 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
             if i == 0:
                 event(log, logging.INFO, "model_threads", model=spec.name, version=version, intra_op_threads=1,
                       reason="a warmup run takes under 1 ms: too short to share among threads")
-        instance = Instance(model, i, inline=model.providers[0] == "CPUExecutionProvider")
+        instance = Instance(model, i, inline=spec.batching is None and model.providers[0] == "CPUExecutionProvider")
         if timed is not None:
             instance.expect(*timed)
         instances.append(instance)

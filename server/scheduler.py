@@ -39,7 +39,8 @@ class Instance:
     The prediction is nanoseconds per row from the warm-up (`expect`), measured before any
     traffic: times measured under load include waiting for the GIL (ONNX Runtime releases it
     while it runs and gRPC's poller thread takes it), so they would overstate the model's cost.
-    With no estimate (no warm-up ran) or on a GPU every run uses the thread.
+    With no estimate (no warm-up ran), on a GPU, or under dynamic batching (where a batch running
+    on the thread lets the loop gather the next one) every run uses the thread.
     """
 
     def __init__(self, model: OnnxModel, index: int, inline: bool = True) -> None:
