@@ -1,0 +1,68 @@
+"""Where a model instance runs: inline on the event loop for runs shorter than a thread hop,
+on its own thread otherwise (long runs, unknown cost, dynamic batching)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelport.server.registry import ModelRegistry
+from modelport.server.scheduler import INLINE_MAX_NS
+from tests import models
+
+
+def _instance(tmp_path: Path, model, config: str | None = None):
+    models.save(model, tmp_path, "m", config=config)
+    registry = ModelRegistry(tmp_path)
+    asyncio.run(registry.load_all())
+    assert registry.is_ready("m"), registry.index()
+    return registry, registry.get("m").scheduler.instances[0]
+
+
+def _threads_used(instance, monkeypatch: pytest.MonkeyPatch, rows: int, width: int) -> set[str]:
+    """Names of the threads the instance ran three requests of `rows` rows on."""
+    seen: set[str] = set()
+    real_run = instance.model.run
+
+    def spy(inputs, outputs):
+        seen.add(threading.current_thread().name)
+        return real_run(inputs, outputs)
+
+    monkeypatch.setattr(instance.model, "run", spy)
+
+    async def go() -> None:
+        for _ in range(3):
+            results, _, elapsed = await instance.run({"x": ("FP32", np.ones((rows, width), np.float32))}, ["y"])
+            assert results["y"].shape == (rows, width) and elapsed > 0
+
+    asyncio.run(go())
+    return seen
+
+
+def test_a_tiny_model_runs_inline_and_a_big_batch_of_it_on_the_thread(tmp_path: Path, monkeypatch) -> None:
+    registry, instance = _instance(tmp_path, models.scale(2.0, width=3), "max_batch_size: 8")
+    assert instance.ns_per_row is not None and instance.ns_per_row * 8 < INLINE_MAX_NS  # from the warm-up
+    assert _threads_used(instance, monkeypatch, 1, 3) == {threading.current_thread().name}
+    rows = int(INLINE_MAX_NS / instance.ns_per_row) + 1  # predicted longer than a thread hop
+    used = _threads_used(instance, monkeypatch, rows, 3)
+    assert used and all(n.startswith("model 'm'") for n in used), used
+    asyncio.run(registry.close())
+
+
+def test_without_a_warmup_estimate_every_run_uses_the_thread(tmp_path: Path, monkeypatch) -> None:
+    registry, instance = _instance(tmp_path, models.matmul_chain(2))  # free dims: no default warm-up
+    assert instance.ns_per_row is None
+    used = _threads_used(instance, monkeypatch, 2, 2)
+    assert used and all(n.startswith("model 'm'") for n in used), used
+    asyncio.run(registry.close())
+
+
+def test_dynamic_batching_runs_batches_on_the_thread(tmp_path: Path, monkeypatch) -> None:
+    registry, instance = _instance(tmp_path, models.scale(2.0, width=3), "max_batch_size: 8\ndynamic_batching { }")
+    used = _threads_used(instance, monkeypatch, 1, 3)
+    assert used and all(n.startswith("model 'm'") for n in used), used
+    asyncio.run(registry.close())
