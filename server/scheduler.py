@@ -54,14 +54,20 @@ class Instance:
         """Seed the run-time estimate: one warm-up run of `rows` rows took `seconds`."""
         self.ns_per_row = seconds * 1e9 / max(rows, 1)
 
-    async def run(self, inputs: dict[str, Tensor], outputs: Sequence[str]) -> tuple[Results, int, int]:
-        """Run off the event loop unless it is very short: (results, start time, run time in ns)."""
+    async def run(
+        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None, label: str = ""
+    ) -> tuple[Results, int, int]:
+        """Run off the event loop unless it is very short: (results, start time, run time in ns).
+        DeadlineExceeded when `deadline` (time.monotonic) passes while the run waits for the
+        instance; a run that has started finishes, as in Triton."""
         rows = rows_of(inputs)
         if self._runs_inline(rows):
-            return self._timed(inputs, outputs)
+            return self._timed(inputs, outputs, deadline, label)
         self.busy += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, inputs, outputs)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._timed, inputs, outputs, deadline, label
+            )
         finally:
             self.busy -= 1
 
@@ -69,7 +75,10 @@ class Instance:
         # Never while the thread holds a run: one batch at a time per instance.
         return self._inline and not self.busy and self.ns_per_row is not None and self.ns_per_row * rows < INLINE_MAX_NS
 
-    def _timed(self, inputs: dict[str, Tensor], outputs: Sequence[str]) -> tuple[Results, int, int]:
+    def _timed(
+        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None, label: str
+    ) -> tuple[Results, int, int]:
+        _check_deadline(label or self.model.label, deadline)
         start = time.perf_counter_ns()
         results = self.model.run(inputs, outputs)
         return results, start, time.perf_counter_ns() - start
@@ -95,11 +104,11 @@ class DirectScheduler:
     async def submit(
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None
     ) -> tuple[Results, Timing]:
-        """Run one request; DeadlineExceeded if its deadline already passed."""
+        """Run one request; DeadlineExceeded if its deadline passes before it starts."""
         _check_deadline(self.label, deadline)
         submitted = time.perf_counter_ns()
         instance = min(self.instances, key=lambda i: i.busy)
-        results, started, infer_ns = await instance.run(inputs, outputs)
+        results, started, infer_ns = await instance.run(inputs, outputs, deadline, self.label)
         rows = rows_of(inputs)
         self.stats.record_execution(rows, 0, infer_ns)
         return results, Timing(started - submitted, 0, infer_ns, rows)

@@ -137,29 +137,41 @@ def test_sigterm_finishes_in_flight_requests(repo: Path) -> None:
     x = np.ones((1000, 1000), np.float32) / 1000
     expected = client.infer("slow", {"x": x})["y"]  # also warms the session up
     results: list[np.ndarray] = []
-    threads = [threading.Thread(target=lambda: results.append(client.infer("slow", {"x": x})["y"])) for _ in range(3)]
+    # Six requests queue on the one instance. SIGTERM goes once all six have reached the server
+    # (answered + pending = 7 with the warm-up) and some are still pending.
+    threads = [threading.Thread(target=lambda: results.append(client.infer("slow", {"x": x})["y"])) for _ in range(6)]
     for thread in threads:
         thread.start()
-    _wait_for(lambda: _pending(server) >= 3)  # all three reached the server and are running or queued
+    _wait_for(lambda: _received(server) == (7, True), poll=0.01)
+    sent = _pending(server)
     server.proc.send_signal(signal.SIGTERM)
     for thread in threads:
         thread.join(timeout=60)
     assert server.proc.wait(timeout=60) == 0
-    assert len(results) == 3
+    assert len(results) == 6, f"{len(results)} of 6 answered ({sent:g} were pending at SIGTERM)"
     for y in results:
         np.testing.assert_allclose(y, expected, rtol=1e-5)
     assert any("shutting down" in line for line in server.log)
 
 
-def _pending(server: ServerProcess) -> float:
-    """modelport_inference_pending_requests summed over models, from the server's /metrics."""
+def _metric(server: ServerProcess, name: str) -> float:
+    """A metric summed over its series, from the server's /metrics."""
     import urllib.request
 
     port = next(re.search(r"metrics on http://[^:]+:(\d+)/metrics", line).group(1)
                 for line in server.log if "metrics on" in line)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith("modelport_inference_pending_requests{"))
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def _pending(server: ServerProcess) -> float:
+    return _metric(server, "modelport_inference_pending_requests")
+
+
+def _received(server: ServerProcess) -> tuple[int, bool]:
+    """(requests answered or pending, whether any is still pending)."""
+    pending = _pending(server)
+    return int(_metric(server, "modelport_inference_request_success_total") + pending), pending > 0
 
 
 def _worker_pids(supervisor: int) -> list[int]:
@@ -167,11 +179,11 @@ def _worker_pids(supervisor: int) -> list[int]:
     return [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
 
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:
+def _wait_for(predicate, timeout: float = 60.0, poll: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 def test_workers_share_the_port_and_are_restarted(repo: Path) -> None:

@@ -4,7 +4,6 @@ bounded and a request whose deadline passed never runs."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from modelport.server.background import BackgroundServer
 from modelport.server.errors import DeadlineExceeded, InferenceFailed
 from modelport.server.registry import ModelRegistry
 from tests import models
+from tests.hold import hold
 
 PROBE_CONFIG = """
 max_batch_size: 16
@@ -133,20 +133,8 @@ dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_qu
     one = np.ones((1, 16), np.float32)
     Client(address).infer("slow", {"x": one})  # warm up
     model = server.running.dataplane.registry.get("slow")
-    # Hold the only instance inside its run until the queue has been seen full: the test then
-    # depends on no timing, however loaded the machine is.
-    instance = model.scheduler.instances[0]
-    monkeypatch.setattr(instance, "ns_per_row", None)  # a held run must not hold the event loop
-    session = instance.model
-    entered, release = threading.Event(), threading.Event()
-    real_run = session.run
-
-    def held_run(inputs, outputs):
-        entered.set()
-        release.wait(60)
-        return real_run(inputs, outputs)
-
-    monkeypatch.setattr(session, "run", held_run)
+    # The only instance holds its run until the queue has been seen full.
+    held = hold(model.scheduler.instances[0], monkeypatch)
 
     async def until_in_flight(count: int) -> None:
         for _ in range(3000):
@@ -158,11 +146,11 @@ dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_qu
     async def run():
         async with AsyncClient(address) as client:
             busy = asyncio.ensure_future(client.infer("slow", {"x": one}))
-            assert await asyncio.to_thread(entered.wait, 60)  # the instance has taken `busy`
+            await asyncio.to_thread(held.wait_entered)  # the instance has taken `busy`
             queued = [asyncio.ensure_future(client.infer("slow", {"x": 2 * one})) for _ in range(2)]
             await until_in_flight(3)  # both wait in the queue, which is now full
             refused = await asyncio.gather(*(client.infer("slow", {"x": one}) for _ in range(3)), return_exceptions=True)
-            release.set()
+            held.release()
             done = await asyncio.gather(busy, *queued, return_exceptions=True)
             after = await client.infer("slow", {"x": one})
             return refused, done, after
@@ -170,7 +158,7 @@ dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_qu
     try:
         refused, done, after = asyncio.run(run())
     finally:
-        release.set()
+        held.release()
         server.stop()
     assert all(isinstance(o, InferenceServerError) and o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused), refused
     assert "queue is full" in refused[0].message and "model 'slow'" in refused[0].message
@@ -182,25 +170,15 @@ def test_deadline_passing_in_the_queue_drops_the_request(tmp_path: Path, monkeyp
     registry = _registry(tmp_path, models.dense_chain(16, 2), "max_batch_size: 8\ndynamic_batching { }")
     scheduler = registry.get("m").scheduler
     one = np.ones((1, 16), np.float32)
-    monkeypatch.setattr(scheduler.instances[0], "ns_per_row", None)  # a held run must not hold the event loop
-    session = scheduler.instances[0].model
-    entered, release = threading.Event(), threading.Event()
-    real_run = session.run
-
-    def held_run(inputs, outputs):  # holds the only instance until the doomed request has expired
-        entered.set()
-        release.wait(60)
-        return real_run(inputs, outputs)
+    held = hold(scheduler.instances[0], monkeypatch)  # until the doomed request has expired
 
     async def run():
-        await scheduler.submit({"x": ("FP32", one)}, ["y"])  # warm up
-        monkeypatch.setattr(session, "run", held_run)
         busy = asyncio.ensure_future(scheduler.submit({"x": ("FP32", one)}, ["y"]))
-        assert await asyncio.to_thread(entered.wait, 60)
+        await asyncio.to_thread(held.wait_entered)
         doomed = asyncio.ensure_future(scheduler.submit({"x": ("FP32", one)}, ["y"], time.monotonic() + 0.01))
         good = asyncio.ensure_future(scheduler.submit({"x": ("FP32", 2 * one)}, ["y"]))
         await asyncio.sleep(0.05)  # the doomed request's deadline passes while it waits
-        release.set()
+        held.release()
         results = await asyncio.gather(busy, doomed, good, return_exceptions=True)
         await registry.close()
         return results
@@ -208,7 +186,7 @@ def test_deadline_passing_in_the_queue_drops_the_request(tmp_path: Path, monkeyp
     try:
         busy, doomed, good = asyncio.run(run())
     finally:
-        release.set()
+        held.release()
     assert isinstance(busy, tuple), busy
     assert isinstance(doomed, DeadlineExceeded) and "deadline passed in the queue" in str(doomed)
     assert isinstance(good, tuple) and good[0]["y"].shape == (1, 16)

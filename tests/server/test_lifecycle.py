@@ -21,6 +21,7 @@ from modelport.client import Client, InferenceServerError, codec
 from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
 from modelport.server.background import BackgroundServer
 from tests import models
+from tests.hold import hold
 
 X = np.arange(3, dtype=np.float32).reshape(1, 3) + 1
 
@@ -196,9 +197,7 @@ def test_unload_while_requests_in_flight(tmp_path: Path, monkeypatch: pytest.Mon
         model = server.running.dataplane.registry.get("slow")
         # The only instance holds its run until the unload has been asked for: the three
         # requests are certainly in flight then, however fast the machine.
-        session, release = model.scheduler.instances[0].model, threading.Event()
-        real_run = session.run
-        monkeypatch.setattr(session, "run", lambda inputs, outputs: release.wait(60) and real_run(inputs, outputs))
+        held = hold(model.scheduler.instances[0], monkeypatch)
         results: list = []
 
         def call() -> None:
@@ -215,7 +214,7 @@ def test_unload_while_requests_in_flight(tmp_path: Path, monkeypatch: pytest.Mon
             client.unload_model("slow")
             assert not client.is_model_ready("slow")
         finally:
-            release.set()
+            held.release()
             for thread in threads:
                 thread.join()
         assert len(results) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from pathlib import Path
@@ -10,9 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
-from modelport.client import Client, InferenceServerError
+from modelport.client import AsyncClient, Client, InferenceServerError
 from modelport.server.background import BackgroundServer
 from tests import models
+from tests.hold import hold
 
 X = np.ones((1, 3), np.float32)
 
@@ -150,21 +152,81 @@ def test_limits(repo: Path) -> None:
         assert client.predict("m", np.ones((100, 3))).shape == (100, 3)
 
 
-def test_pending_requests_limit_pushes_back(tmp_path: Path) -> None:
-    import asyncio
-
-    from modelport.client import AsyncClient
-
-    models.save(models.dense_chain(1024, 32), tmp_path, "slow")
+def test_pending_requests_limit_pushes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    models.save(models.scale(2.0), tmp_path, "m")
     with BackgroundServer(tmp_path, max_pending_requests=2) as server:
-        big = np.ones((128, 1024), np.float32)
+        held = hold(server.running.dataplane.registry.get("m").scheduler.instances[0], monkeypatch)
 
         async def flood():
             async with AsyncClient(server.address) as client:
-                return await asyncio.gather(*(client.infer("slow", {"x": big}) for _ in range(6)), return_exceptions=True)
+                calls = [asyncio.ensure_future(client.infer("m", {"x": X})) for _ in range(6)]
+                for _ in range(6000):  # two are pending (one runs, one waits): the other four are refused
+                    if sum(c.done() for c in calls) >= 4:
+                        break
+                    await asyncio.sleep(0.01)
+                held.release()
+                return await asyncio.gather(*calls, return_exceptions=True)
 
-        outcomes = asyncio.run(flood())
+        try:
+            outcomes = asyncio.run(flood())
+        finally:
+            held.release()
         refused = [o for o in outcomes if isinstance(o, InferenceServerError)]
-        assert refused and all(o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused)
-        assert "requests are already pending (limit 2)" in refused[0].message
-        assert sum(isinstance(o, dict) for o in outcomes) >= 2
+        assert len(refused) == 4 and all(o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused), outcomes
+        assert "model 'm' version 1: 2 requests are already pending (limit 2)" in refused[0].message
+        assert sum(isinstance(o, dict) for o in outcomes) == 2
+
+
+def test_default_request_timeout_drops_a_request_that_waited_too_long(tmp_path: Path, monkeypatch) -> None:
+    models.save(models.scale(2.0), tmp_path, "m")
+    with BackgroundServer(tmp_path, default_request_timeout=0.3) as server:
+        model = server.running.dataplane.registry.get("m")
+        held = hold(model.scheduler.instances[0], monkeypatch)
+
+        async def run():
+            async with AsyncClient(server.address) as client:  # no client deadline: the server's default applies
+                running = asyncio.ensure_future(client.infer("m", {"x": X}))
+                await asyncio.to_thread(held.wait_entered)
+                waiting = asyncio.ensure_future(client.infer("m", {"x": 2 * X}))
+                while model.in_flight < 2:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.5)  # past the 0.3 s default for both
+                held.release()
+                return await asyncio.gather(running, waiting, return_exceptions=True)
+
+        try:
+            running, waiting = asyncio.run(run())
+        finally:
+            held.release()
+        # The run that had started finishes (as in Triton); the one still waiting is dropped.
+        np.testing.assert_array_equal(running["y"], 2 * X)
+        assert isinstance(waiting, InferenceServerError) and waiting.code == grpc.StatusCode.DEADLINE_EXCEEDED, waiting
+        assert "model 'm' version 1" in waiting.message and "deadline passed before it could run" in waiting.message
+        assert Client(server.address).infer("m", {"x": X})["y"][0, 0] == 2.0  # still serving
+
+
+def test_max_concurrent_streams_bounds_calls_per_connection(tmp_path: Path, monkeypatch) -> None:
+    models.save(models.scale(2.0), tmp_path, "m")
+    with BackgroundServer(tmp_path, max_concurrent_streams=2) as server:
+        model = server.running.dataplane.registry.get("m")
+        held = hold(model.scheduler.instances[0], monkeypatch)
+
+        async def run():
+            async with AsyncClient(server.address) as client:  # one channel: one HTTP/2 connection
+                calls = [asyncio.ensure_future(client.infer("m", {"x": (i + 1) * X})) for i in range(5)]
+                while model.in_flight < 2:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.5)
+                admitted = model.in_flight  # the other three wait in the client's transport
+                held.release()
+                return admitted, await asyncio.gather(*calls)
+
+        try:
+            admitted, results = asyncio.run(run())
+        finally:
+            held.release()
+        assert admitted == 2
+        for i, result in enumerate(results):  # nothing refused or lost: they ran once streams freed up
+            np.testing.assert_array_equal(result["y"], 2 * (i + 1) * X)
+
+
