@@ -22,6 +22,7 @@ from modelport.client._proto import feedback_pb2, feedback_pb2_grpc
 from .auth import AuthInterceptor, TokenFile
 from .dataplane import DataPlane, Limits
 from .feedback import FeedbackServicer
+from .malformed import MalformedRequestInterceptor
 from .metrics import Metrics
 from .quality import QualityMonitor
 from .registry import ModelRegistry
@@ -88,7 +89,9 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     quality = QualityMonitor(settings.quality_window, settings.quality_pending, metrics)
     limits = Limits(settings.max_tensor_elements, settings.max_pending_requests, settings.default_request_timeout)
     dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics, quality, limits)
-    interceptors = [AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health)] if settings.auth_token_file else []
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
+    if settings.auth_token_file:  # checked before the request is parsed
+        interceptors.insert(0, AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from .handlers import like
 from .logs import event
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,4 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
     async def abort(request_or_iterator, context):
         await context.abort(code, message)
 
-    kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+    return like(handler, abort)

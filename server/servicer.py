@@ -110,18 +110,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await responses.put(result)
 
         async def read() -> None:
-            async for request in requests:
-                await window.acquire()
-                task = asyncio.get_running_loop().create_task(one(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            ended: BaseException | None = None
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    task = asyncio.get_running_loop().create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except Exception as exc:  # e.g. a malformed message: answer what was read, then end with it
+                ended = exc
             while tasks:
                 await asyncio.gather(*list(tasks))
-            await responses.put(None)
+            await responses.put(ended)
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while (response := await responses.get()) is not None:
+                if isinstance(response, BaseException):
+                    raise response
                 await context.write(response)
         finally:
             reader.cancel()

@@ -639,6 +639,60 @@ def test_stream_answers_every_request(stub, sessions, requests: list[pb.ModelInf
     still_healthy(stub)
 
 
+@pytest.fixture(scope="module")
+def raw_channel(server: BackgroundServer) -> Iterator[grpc.Channel]:
+    """A channel that sends bytes as they are, so requests need not be valid protobuf."""
+    with grpc.insecure_channel(server.address) as channel:
+        yield channel
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        pb.ModelInferRequest.FromString(data)
+    except Exception:  # DecodeError
+        return False
+    return True
+
+
+@settings(FUZZ, max_examples=300)
+@given(data=st.one_of(st.binary(max_size=64), st.builds(lambda r, cut: r.SerializeToString()[:cut],
+                                                          valid_requests(), st.integers(1, 200))))
+@example(data=b"\xff\xff\xff\xff\x0f")  # a varint that never ends
+def test_bytes_that_are_not_a_request_get_invalid_argument(raw_channel, stub, data: bytes) -> None:
+    """Random and truncated bytes on ModelInfer: INVALID_ARGUMENT when they are not protobuf,
+    otherwise an ordinary answer; never UNKNOWN or INTERNAL."""
+    call = raw_channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    try:
+        call(data, timeout=TIMEOUT)
+        code, message = grpc.StatusCode.OK, ""
+    except grpc.RpcError as exc:
+        code, message = exc.code(), exc.details()
+    if not _parses(data):
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, message)
+        assert message.startswith("the request is not a valid inference.ModelInferRequest"), message
+    else:
+        assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (code, message)
+    still_healthy(stub)
+
+
+def test_stream_answers_what_came_before_a_malformed_message(raw_channel, stub) -> None:
+    good = [codec.build_request("int64", {"x": np.full((1, 3), i, np.int64)}) for i in range(3)]
+    for i, request in enumerate(good):
+        request.id = f"g{i}"
+    frames = [r.SerializeToString() for r in good] + [b"\xff\xff\xff\xff\x0f"]
+    call = raw_channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                     response_deserializer=pb.ModelStreamInferResponse.FromString)
+    answers = []
+    with pytest.raises(grpc.RpcError) as err:
+        for answer in call(iter(frames), timeout=TIMEOUT):
+            answers.append(answer)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert "not a valid inference.ModelInferRequest" in err.value.details()
+    assert sorted(a.infer_response.id for a in answers) == ["g0", "g1", "g2"]  # nothing read was lost
+    assert not any(a.error_message for a in answers)
+    still_healthy(stub)
+
+
 def test_no_nan_surprises(stub) -> None:
     """NaN and infinities go through arithmetic unchanged (IEEE semantics, no refusal)."""
     a = np.array([[math.nan, math.inf, -math.inf, -0.0]], np.float32)
