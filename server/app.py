@@ -23,6 +23,7 @@ from .auth import AuthInterceptor, TokenFile
 from .dataplane import DataPlane, Limits
 from .feedback import FeedbackServicer
 from .malformed import MalformedRequestInterceptor
+from .memory import fix_mmap_threshold
 from .metrics import Metrics
 from .quality import QualityMonitor
 from .registry import ModelRegistry
@@ -181,6 +182,7 @@ async def _publish_health(health: HealthServicer, dataplane: DataPlane) -> None:
 
 async def run(settings: ServerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
+    fix_mmap_threshold(settings.malloc_mmap_threshold)
     running = await start_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -67,6 +67,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="requests waiting per model version before RESOURCE_EXHAUSTED (default 4096; 0 = unbounded)")
     p.add_argument("--default-request-timeout", type=float,
                    help="seconds allowed to requests that carry no deadline (default 0 = none)")
+    p.add_argument("--malloc-mmap-threshold", type=int,
+                   help="bytes from which glibc allocations use mmap and go back to the OS when freed, so large "
+                        "requests leave no heap behind (default 1048576; 0 = glibc's default)")
     p.add_argument("--quality-window", type=int, help="labelled rows behind the rolling quality metrics (default 1000)")
     p.add_argument("--quality-pending", type=int, help="request ids per model waiting for a label (default 10000)")
     p.add_argument("--drift-window", type=int, help="rows in the sliding window of live input statistics (default 1000)")

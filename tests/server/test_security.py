@@ -228,5 +228,3 @@ def test_max_concurrent_streams_bounds_calls_per_connection(tmp_path: Path, monk
         assert admitted == 2
         for i, result in enumerate(results):  # nothing refused or lost: they ran once streams freed up
             np.testing.assert_array_equal(result["y"], 2 * (i + 1) * X)
-
-
