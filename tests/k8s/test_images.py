@@ -49,9 +49,7 @@ def test_server_images(name, extra):
     # Dependencies install from the extra's hash-pinned lock, modelport itself without dependencies.
     assert f"k8s/images/requirements-{extra}.lock" in text and "--require-hashes" in text
     assert "--no-deps /wheels/modelport-" in text
-    lock = (IMAGES / f"requirements-{extra}.lock").read_text()
-    pins = re.findall(r"^([a-z0-9_.-]+)==\S+ \\$", lock, re.M)
-    assert pins and lock.count("--hash=sha256:") >= len(pins), "every pin carries hashes"
+    pins = _pins(extra)
     assert ("onnxruntime-gpu" if extra == "gpu" else "onnxruntime") in pins
     assert not any(p.startswith(("tensorflow", "tf2onnx", "keras")) for p in pins), "no TensorFlow in server images"
     assert "tensorflow" not in text.lower().replace("no tensorflow", "")
@@ -64,8 +62,38 @@ def test_server_images(name, extra):
 
 def test_converter_image():
     text = (IMAGES / "Dockerfile.convert").read_text()
-    assert '.whl)[convert]"' in text
+    assert "k8s/images/requirements-convert.lock" in text and "--require-hashes" in text
+    assert "--no-deps /wheels/modelport-" in text
+    pins = _pins("convert")
+    assert {"tensorflow-cpu", "tf2onnx", "onnxruntime", "onnx", "tf-keras"} <= set(pins)
     assert ("ENTRYPOINT", '["modelport"]') in instructions("Dockerfile.convert")
+
+
+def _pins(extra: str) -> dict[str, str]:
+    lock = (IMAGES / f"requirements-{extra}.lock").read_text()
+    pins = dict(re.findall(r"^([a-z0-9_.-]+)==(\S+) \\$", lock, re.M))
+    assert pins and lock.count("--hash=sha256:") >= len(pins), "every pin carries hashes"
+    return pins
+
+
+@pytest.mark.parametrize("extra", ["server", "gpu", "convert"])
+def test_locks_satisfy_pyproject(extra):
+    """Every requirement of the extra (and of the base) is pinned in its lock at a version the
+    requirement allows: a pyproject.toml edit without `make lock` fails here."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {canonicalize_name(k): v for k, v in _pins(extra).items()}
+    for text in project["dependencies"] + project["optional-dependencies"][extra]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement} is not in requirements-{extra}.lock: run `make lock`"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"requirements-{extra}.lock pins {name}=={pins[name]}, pyproject.toml wants {requirement}: run `make lock`"
+        )
 
 
 def test_build_context_leaves_local_state_out():
