@@ -29,10 +29,9 @@ levelled off.
 glibc and large buffers: by default glibc raises its mmap threshold to the size of the largest
 block freed so far, so after the first 8 MiB request such buffers come from the heap, and what
 is freed stays mapped: RSS at rest climbs to a high-water mark that follows the peak of
-concurrent large requests (measured, 10 minutes, 4 threads on 2 cores: 233 -> 372 MiB, flat for
-the last 4 minutes). With `--server-env MALLOC_MMAP_THRESHOLD_=1048576` (a fixed threshold) they
-are unmapped when freed and RSS at rest stayed within 120-133 MiB over 4 minutes of the same mix:
-that growth is the allocator's, not a leak.
+concurrent large requests. `modelport serve` therefore fixes the threshold at 1 MiB
+(--malloc-mmap-threshold, server/memory.py); `--server-env MODELPORT_MALLOC_MMAP_THRESHOLD=0`
+runs the server with glibc's own behaviour for comparison (figures in benchmarks/README.md).
 
 The result (printed, and written with --json) counts every request by kind and outcome, lists
 the first messages of each unexpected outcome, and gives the RSS figures. `run_soak()` is the same

@@ -142,7 +142,17 @@ def _batching(name: str, config: mc.ModelConfig) -> BatchingPolicy | None:
         max_queue_delay_s=batching.max_queue_delay_microseconds / 1e6,
         preferred_batch_sizes=tuple(batching.preferred_batch_size),
         max_queue_size=batching.default_queue_policy.max_queue_size,
+        pad_batches=_pad_param(name, config),
     )
+
+
+def _pad_param(name: str, config: mc.ModelConfig) -> bool | None:
+    """parameters { key: "pad_batches" value { string_value: "auto" | "true" | "false" } }."""
+    value = config.parameters["pad_batches"].string_value.lower() if "pad_batches" in config.parameters else "auto"
+    choices = {"auto": None, "true": True, "false": False}
+    if value not in choices:
+        raise ModelLoadError(f"model '{name}': parameter pad_batches must be auto, true or false, got '{value}'")
+    return choices[value]
 
 
 def _int_param(model: str, params: dict[str, str], key: str) -> int:

@@ -61,6 +61,8 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
         instance = Instance(model, i, inline=spec.batching is None and model.providers[0] == "CPUExecutionProvider")
         if timed is not None:
             instance.expect(*timed)
+        if spec.batching is not None and spec.batching.pads(instance.on_gpu):
+            _warm_pad_sizes(label, signature, spec.batching.pad_sizes(), model)
         instances.append(instance)
     stats = VersionStats()
     if spec.batching is None:
@@ -130,6 +132,19 @@ def warm_up(
     kept = sorted(times[1:] or times)  # the first run includes one-off allocation
     return kept[len(kept) // 2]
 
+
+
+def _warm_pad_sizes(label: str, signature: Signature, sizes: tuple[int, ...], model: OnnxModel) -> None:
+    """Run each size padded batches use once, so no request pays for a first shape."""
+    outputs = [t.name for t in signature.outputs]
+    for size in sizes:
+        inputs = _default_inputs(signature, size)
+        if inputs is None:
+            return  # free dimensions besides the batch: no shape to guess
+        try:
+            model.run(inputs, outputs)
+        except ModelportError as exc:
+            raise ModelLoadError(f"{label}: warmup at padded batch size {size} failed: {exc}") from exc
 
 
 def _default_inputs(signature: Signature, max_batch_size: int) -> dict | None:

@@ -45,6 +45,7 @@ class Instance:
 
     def __init__(self, model: OnnxModel, index: int, inline: bool = True) -> None:
         self.model = model
+        self.on_gpu = model.providers[0] != "CPUExecutionProvider"
         self.busy = 0
         self.ns_per_row: float | None = None
         self._inline = inline
@@ -138,6 +139,25 @@ class BatchingPolicy:
     max_queue_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 0  # 0: unbounded, as in Triton
+    pad_batches: bool | None = None  # None: on GPU instances only
+
+    def pads(self, on_gpu: bool) -> bool:
+        """Whether batches run padded: as configured, else on GPU instances only. (ONNX Runtime's
+        CUDA provider spends ~100 ms on every new input shape, so there batches run at a few
+        fixed sizes; the padding rows are zeros and their outputs are dropped.)"""
+        return self.pad_batches if self.pad_batches is not None else on_gpu
+
+    def pad_sizes(self) -> tuple[int, ...]:
+        """The batch sizes padded batches run at: the preferred sizes, else powers of two, and
+        max_batch_size (a few shapes, each seen at warm-up)."""
+        fitting = sorted({p for p in self.preferred_batch_sizes if 0 < p <= self.max_batch_size})
+        if not fitting:
+            fitting = [1 << i for i in range(self.max_batch_size.bit_length()) if 1 << i < self.max_batch_size]
+        return (*[p for p in fitting if p < self.max_batch_size], self.max_batch_size)
+
+    def padded(self, rows: int) -> int:
+        """The smallest pad size that holds `rows`."""
+        return next(size for size in self.pad_sizes() if size >= rows)
 
     @property
     def target(self) -> int:
@@ -255,6 +275,8 @@ class BatchingScheduler:
             wanted = [o for o in self._all_outputs if any(o in p.outputs for p in batch)]
             merge_start = time.perf_counter_ns()
             merged = _merge(batch)
+            if self.policy.pads(instance.on_gpu):
+                merged = _pad(merged, self.policy.padded(sum(item.size for item in batch)))
             input_ns = time.perf_counter_ns() - merge_start
             try:
                 results, started, infer_ns = await instance.run(merged, wanted)
@@ -291,6 +313,18 @@ def rows_of(inputs: dict[str, Tensor]) -> int:
     """Rows of a request: the first dimension of its inputs (1 for scalars)."""
     array = next(iter(inputs.values()))[1]
     return int(array.shape[0]) if array.ndim else 1
+
+
+def _pad(inputs: dict[str, Tensor], rows: int) -> dict[str, Tensor]:
+    """Inputs grown to `rows` rows with zero (empty for BYTES) rows at the end."""
+    padded = {}
+    for name, (datatype, array) in inputs.items():
+        extra = rows - array.shape[0]
+        if extra <= 0:
+            return inputs
+        filler = np.full((extra, *array.shape[1:]), b"" if array.dtype == object else 0, dtype=array.dtype)
+        padded[name] = (datatype, np.concatenate([array, filler]))
+    return padded
 
 
 def _merge(batch: list[_Pending]) -> dict[str, Tensor]:

@@ -198,3 +198,49 @@ def test_dynamic_batching_needs_max_batch_size(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
     asyncio.run(registry.load_all())
     assert "dynamic_batching needs max_batch_size > 0" in registry.entries()[0].error
+
+
+PADDED_CONFIG = """
+max_batch_size: 16
+dynamic_batching { max_queue_delay_microseconds: 20000 preferred_batch_size: [ 4, 8 ] }
+parameters { key: "pad_batches" value { string_value: "true" } }
+"""
+
+
+def test_padded_batches_run_at_fixed_sizes_and_answer_exactly(tmp_path: Path, start_server) -> None:
+    models.save(models.batch_probe(), tmp_path, "probe", config=PADDED_CONFIG)
+    address = start_server(tmp_path)
+    rng = np.random.default_rng(3)
+    sizes = [1, 2, 1, 3, 5, 1, 2, 7, 1, 1, 9, 2]
+    xs = [rng.normal(size=(n, 3)).astype(np.float32) for n in sizes]
+
+    async def send_all():
+        async with AsyncClient(address) as client:
+            return await asyncio.gather(*(client.infer("probe", {"x": x}) for x in xs))
+
+    ran_with = set()
+    for x, out in zip(xs, asyncio.run(send_all())):
+        np.testing.assert_array_equal(out["y"], 2 * x)  # own rows only: padding rows never come back
+        assert out["n"].shape == (len(x), 1)
+        ran_with.add(int(out["n"][0, 0]))
+    assert ran_with <= {4, 8, 16}, f"batches ran at {ran_with}, not at the pad sizes"
+
+
+def test_pad_sizes() -> None:
+    from modelport.server.scheduler import BatchingPolicy
+
+    preferred = BatchingPolicy(16, preferred_batch_sizes=(8, 4, 32))
+    assert preferred.pad_sizes() == (4, 8, 16) and preferred.padded(5) == 8 and preferred.padded(9) == 16
+    powers = BatchingPolicy(24)
+    assert powers.pad_sizes() == (1, 2, 4, 8, 16, 24) and powers.padded(3) == 4 and powers.padded(17) == 24
+    assert BatchingPolicy(8).pads(on_gpu=True) and not BatchingPolicy(8).pads(on_gpu=False)
+    assert BatchingPolicy(8, pad_batches=True).pads(on_gpu=False)
+    assert not BatchingPolicy(8, pad_batches=False).pads(on_gpu=True)
+
+
+def test_bad_pad_batches_parameter_fails_the_load(tmp_path: Path) -> None:
+    config = 'max_batch_size: 8\ndynamic_batching { }\nparameters { key: "pad_batches" value { string_value: "maybe" } }'
+    models.save(models.batch_probe(), tmp_path, "m", config=config)
+    registry = ModelRegistry(tmp_path)
+    asyncio.run(registry.load_all())
+    assert "parameter pad_batches must be auto, true or false, got 'maybe'" in registry.entries()[0].error
