@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -71,6 +71,29 @@ class Instance:
             )
         finally:
             self.busy -= 1
+
+    async def run_batch(
+        self, merge: Callable[[list, int], dict[str, Tensor]], batch: list, rows: int, outputs: Sequence[str]
+    ) -> tuple[Results, int, int, int]:
+        """Merge `batch` into `rows` rows and run it, both on this instance's thread (a large
+        batch's copy then keeps the event loop free; numpy releases the GIL while it copies):
+        (results, start time, run time, merge time in ns)."""
+        self.busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._merged_run, merge, batch, rows, outputs
+            )
+        finally:
+            self.busy -= 1
+
+    def _merged_run(
+        self, merge: Callable[[list, int], dict[str, Tensor]], batch: list, rows: int, outputs: Sequence[str]
+    ) -> tuple[Results, int, int, int]:
+        merge_start = time.perf_counter_ns()
+        inputs = merge(batch, rows)
+        start = time.perf_counter_ns()
+        results = self.model.run(inputs, outputs)
+        return results, start, time.perf_counter_ns() - start, start - merge_start
 
     def _runs_inline(self, rows: int) -> bool:
         # Never while the thread holds a run: one batch at a time per instance.
@@ -273,19 +296,15 @@ class BatchingScheduler:
             if not batch:
                 return
             wanted = [o for o in self._all_outputs if any(o in p.outputs for p in batch)]
-            merge_start = time.perf_counter_ns()
-            merged = _merge(batch)
-            if self.policy.pads(instance.on_gpu):
-                merged = _pad(merged, self.policy.padded(sum(item.size for item in batch)))
-            input_ns = time.perf_counter_ns() - merge_start
+            total = sum(item.size for item in batch)
+            rows = self.policy.padded(total) if self.policy.pads(instance.on_gpu) else total
             try:
-                results, started, infer_ns = await instance.run(merged, wanted)
+                results, started, infer_ns, input_ns = await instance.run_batch(_merge, batch, rows, wanted)
             except Exception as exc:  # fail exactly the requests of this batch
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
-            total = sum(item.size for item in batch)
             self.stats.record_execution(total, input_ns, infer_ns)
             offset = 0
             for item in batch:
@@ -315,21 +334,16 @@ def rows_of(inputs: dict[str, Tensor]) -> int:
     return int(array.shape[0]) if array.ndim else 1
 
 
-def _pad(inputs: dict[str, Tensor], rows: int) -> dict[str, Tensor]:
-    """Inputs grown to `rows` rows with zero (empty for BYTES) rows at the end."""
-    padded = {}
-    for name, (datatype, array) in inputs.items():
-        extra = rows - array.shape[0]
-        if extra <= 0:
-            return inputs
-        filler = np.full((extra, *array.shape[1:]), b"" if array.dtype == object else 0, dtype=array.dtype)
-        padded[name] = (datatype, np.concatenate([array, filler]))
-    return padded
-
-
-def _merge(batch: list[_Pending]) -> dict[str, Tensor]:
-    """Concatenate the requests' inputs along the batch axis."""
-    if len(batch) == 1:
+def _merge(batch: list[_Pending], rows: int) -> dict[str, Tensor]:
+    """The requests' inputs concatenated along the batch axis, then zero rows (empty for BYTES)
+    up to `rows`."""
+    if len(batch) == 1 and batch[0].size == rows:
         return batch[0].inputs
-    names = batch[0].inputs
-    return {n: (names[n][0], np.concatenate([p.inputs[n][1] for p in batch])) for n in names}
+    merged = {}
+    for name, (datatype, first) in batch[0].inputs.items():
+        parts = [p.inputs[name][1] for p in batch]
+        extra = rows - sum(p.size for p in batch)
+        if extra > 0:
+            parts.append(np.full((extra, *first.shape[1:]), b"" if first.dtype == object else 0, dtype=first.dtype))
+        merged[name] = (datatype, np.concatenate(parts))
+    return merged
