@@ -61,16 +61,9 @@ class Instance:
         """Run off the event loop unless it is very short: (results, start time, run time in ns).
         DeadlineExceeded when `deadline` (time.monotonic) passes while the run waits for the
         instance; a run that has started finishes, as in Triton."""
-        rows = rows_of(inputs)
-        if self._runs_inline(rows):
+        if self._runs_inline(rows_of(inputs)):
             return self._timed(inputs, outputs, deadline, label)
-        self.busy += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._timed, inputs, outputs, deadline, label
-            )
-        finally:
-            self.busy -= 1
+        return await self._on_thread(self._timed, inputs, outputs, deadline, label)
 
     async def run_batch(
         self, merge: Callable[[list, int], dict[str, Tensor]], batch: list, rows: int, outputs: Sequence[str]
@@ -78,11 +71,12 @@ class Instance:
         """Merge `batch` into `rows` rows and run it, both on this instance's thread (a large
         batch's copy then keeps the event loop free; numpy releases the GIL while it copies):
         (results, start time, run time, merge time in ns)."""
+        return await self._on_thread(self._merged_run, merge, batch, rows, outputs)
+
+    async def _on_thread(self, function: Callable, *args):
         self.busy += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._merged_run, merge, batch, rows, outputs
-            )
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         finally:
             self.busy -= 1
 

@@ -3,7 +3,10 @@ timing: the real session still runs, once the test lets it."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +39,18 @@ def hold(instance, monkeypatch: pytest.MonkeyPatch) -> Held:
     monkeypatch.setattr(instance, "ns_per_row", None)
     monkeypatch.setattr(instance.model, "run", held_run)
     return held
+
+
+@contextlib.contextmanager
+def held_server(repository: Path, model: str, monkeypatch: pytest.MonkeyPatch, **settings) -> Iterator[tuple]:
+    """A BackgroundServer on `repository` with `model`'s first instance held: (server, version,
+    Held). Released (and stopped) on the way out, whatever happened."""
+    from modelport.server.background import BackgroundServer
+
+    with BackgroundServer(repository, **settings) as server:
+        version = server.running.dataplane.registry.get(model)
+        held = hold(version.scheduler.instances[0], monkeypatch)
+        try:
+            yield server, version, held
+        finally:
+            held.release()

@@ -14,7 +14,7 @@ import pytest
 from modelport.client import AsyncClient, Client, InferenceServerError
 from modelport.server.background import BackgroundServer
 from tests import models
-from tests.hold import hold
+from tests.hold import held_server
 
 X = np.ones((1, 3), np.float32)
 
@@ -154,8 +154,7 @@ def test_limits(repo: Path) -> None:
 
 def test_pending_requests_limit_pushes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     models.save(models.scale(2.0), tmp_path, "m")
-    with BackgroundServer(tmp_path, max_pending_requests=2) as server:
-        held = hold(server.running.dataplane.registry.get("m").scheduler.instances[0], monkeypatch)
+    with held_server(tmp_path, "m", monkeypatch, max_pending_requests=2) as (server, _, held):
 
         async def flood():
             async with AsyncClient(server.address) as client:
@@ -167,10 +166,7 @@ def test_pending_requests_limit_pushes_back(tmp_path: Path, monkeypatch: pytest.
                 held.release()
                 return await asyncio.gather(*calls, return_exceptions=True)
 
-        try:
-            outcomes = asyncio.run(flood())
-        finally:
-            held.release()
+        outcomes = asyncio.run(flood())
         refused = [o for o in outcomes if isinstance(o, InferenceServerError)]
         assert len(refused) == 4 and all(o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused), outcomes
         assert "model 'm' version 1: 2 requests are already pending (limit 2)" in refused[0].message
@@ -179,9 +175,7 @@ def test_pending_requests_limit_pushes_back(tmp_path: Path, monkeypatch: pytest.
 
 def test_default_request_timeout_drops_a_request_that_waited_too_long(tmp_path: Path, monkeypatch) -> None:
     models.save(models.scale(2.0), tmp_path, "m")
-    with BackgroundServer(tmp_path, default_request_timeout=0.3) as server:
-        model = server.running.dataplane.registry.get("m")
-        held = hold(model.scheduler.instances[0], monkeypatch)
+    with held_server(tmp_path, "m", monkeypatch, default_request_timeout=0.3) as (server, model, held):
 
         async def run():
             async with AsyncClient(server.address) as client:  # no client deadline: the server's default applies
@@ -194,10 +188,7 @@ def test_default_request_timeout_drops_a_request_that_waited_too_long(tmp_path: 
                 held.release()
                 return await asyncio.gather(running, waiting, return_exceptions=True)
 
-        try:
-            running, waiting = asyncio.run(run())
-        finally:
-            held.release()
+        running, waiting = asyncio.run(run())
         # The run that had started finishes (as in Triton); the one still waiting is dropped.
         np.testing.assert_array_equal(running["y"], 2 * X)
         assert isinstance(waiting, InferenceServerError) and waiting.code == grpc.StatusCode.DEADLINE_EXCEEDED, waiting
@@ -207,9 +198,7 @@ def test_default_request_timeout_drops_a_request_that_waited_too_long(tmp_path: 
 
 def test_max_concurrent_streams_bounds_calls_per_connection(tmp_path: Path, monkeypatch) -> None:
     models.save(models.scale(2.0), tmp_path, "m")
-    with BackgroundServer(tmp_path, max_concurrent_streams=2) as server:
-        model = server.running.dataplane.registry.get("m")
-        held = hold(model.scheduler.instances[0], monkeypatch)
+    with held_server(tmp_path, "m", monkeypatch, max_concurrent_streams=2) as (server, model, held):
 
         async def run():
             async with AsyncClient(server.address) as client:  # one channel: one HTTP/2 connection
@@ -221,10 +210,7 @@ def test_max_concurrent_streams_bounds_calls_per_connection(tmp_path: Path, monk
                 held.release()
                 return admitted, await asyncio.gather(*calls)
 
-        try:
-            admitted, results = asyncio.run(run())
-        finally:
-            held.release()
+        admitted, results = asyncio.run(run())
         assert admitted == 2
         for i, result in enumerate(results):  # nothing refused or lost: they ran once streams freed up
             np.testing.assert_array_equal(result["y"], 2 * (i + 1) * X)
