@@ -88,7 +88,8 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
         )
         await registry.load_all(_startup_models(settings))
     quality = QualityMonitor(settings.quality_window, settings.quality_pending, metrics)
-    limits = Limits(settings.max_tensor_elements, settings.max_pending_requests, settings.default_request_timeout)
+    limits = Limits(settings.max_tensor_elements, settings.max_pending_requests, settings.default_request_timeout,
+                    settings.max_inflight_bytes)
     dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics, quality, limits)
     interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
     if settings.auth_token_file:  # checked before the request is parsed

@@ -65,6 +65,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--max-tensor-elements", type=int, help="largest tensor a request may declare (default 268435456)")
     p.add_argument("--max-pending-requests", type=int,
                    help="requests waiting per model version before RESOURCE_EXHAUSTED (default 4096; 0 = unbounded)")
+    p.add_argument("--max-inflight-bytes", type=int,
+                   help="request bytes the server holds at once (queued or running, all models); past it new "
+                        "requests get RESOURCE_EXHAUSTED instead of memory growing (default 1073741824; 0 = unbounded)")
     p.add_argument("--default-request-timeout", type=float,
                    help="seconds allowed to requests that carry no deadline (default 0 = none)")
     p.add_argument("--malloc-mmap-threshold", type=int,

@@ -31,6 +31,7 @@ class Limits:
     max_tensor_elements: int = 256 * 1024 * 1024
     max_pending_requests: int = 4096
     default_request_timeout: float = 0.0
+    max_inflight_bytes: int = 1024 * 1024 * 1024  # 0: unbounded
 
 
 MAX_CLASSES = 1000  # predicted-class counters are kept for outputs up to this wide
@@ -79,6 +80,7 @@ class DataPlane:
     ) -> None:
         self.registry = registry
         self.limits = limits or Limits()
+        self._inflight_bytes = 0  # request bytes acquired and not yet released
         self.metrics = metrics
         self.quality = quality
         self._version = version
@@ -123,18 +125,34 @@ class DataPlane:
                     f"{model.label}: input '{name}' declares shape {shape} ({count} elements); the server's limit is {limit}"
                 )
 
-    def acquire(self, name: str, version: str = "") -> ModelVersion:
-        """The version a request goes to, counted in until `release()`: a swap or unload waits
-        for it. NOT_FOUND / UNAVAILABLE errors otherwise."""
+    def acquire(self, name: str, version: str = "", nbytes: int = 0) -> ModelVersion:
+        """The version a request of `nbytes` goes to, counted in until `release()`: a swap or
+        unload waits for it. NOT_FOUND / UNAVAILABLE, or RESOURCE_EXHAUSTED when the model's
+        pending requests or the server's bytes in flight are at their limits."""
         model = self.registry.get(name, version)
         if self.limits.max_pending_requests and model.in_flight >= self.limits.max_pending_requests:
             raise QueueFull(
                 f"{model.label}: {model.in_flight} requests are already pending (limit {self.limits.max_pending_requests}); retry later"
             )
+        # Back-pressure on memory: a flood of large requests is refused, not queued (the refused
+        # request's bytes are freed at once).
+        limit = self.limits.max_inflight_bytes
+        if limit and self._inflight_bytes and self._inflight_bytes + nbytes > limit:
+            raise QueueFull(
+                f"{model.label}: the server holds {self._inflight_bytes} bytes of requests in flight and this one "
+                f"has {nbytes} (limit {limit}, --max-inflight-bytes); retry later"
+            )
+        self._inflight_bytes += nbytes
         return model.acquire()
 
-    def release(self, model: ModelVersion) -> None:
-        """The request that acquired `model` is answered."""
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of the requests acquired and not yet released (what --max-inflight-bytes bounds)."""
+        return self._inflight_bytes
+
+    def release(self, model: ModelVersion, nbytes: int = 0) -> None:
+        """The request that acquired `model` (with `nbytes`) is answered."""
+        self._inflight_bytes -= nbytes
         model.release()
 
     async def infer(self, model: ModelVersion, request: InferenceRequest) -> InferenceResponse:

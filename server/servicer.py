@@ -135,7 +135,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
-        model = self._dp.acquire(request.model_name, request.model_version)
+        nbytes = request.ByteSize()
+        model = self._dp.acquire(request.model_name, request.model_version, nbytes)
         try:
             self._dp.check_shapes(model, [(t.name, list(t.shape)) for t in request.inputs])
             try:
@@ -152,7 +153,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             result = await self._dp.infer(model, decoded)
         finally:
-            self._dp.release(model)
+            self._dp.release(model, nbytes)
         response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
         return codec.encode_outputs(response, result.outputs)
 

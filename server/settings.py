@@ -48,6 +48,7 @@ class ServerSettings(BaseSettings):
     max_tensor_elements: int = Field(256 * 1024 * 1024, gt=0, description="largest tensor a request may declare")
     max_pending_requests: int = Field(4096, ge=0, description="requests waiting per model version; 0 = unbounded")
     default_request_timeout: float = Field(0.0, ge=0, description="deadline for requests that carry none; 0 = none")
+    max_inflight_bytes: int = Field(1024 * MIB, ge=0, description="request bytes held at once before RESOURCE_EXHAUSTED; 0 = unbounded")
     # 1 MiB: request buffers above it go back to the OS when freed (server/memory.py); 0 = glibc's default.
     malloc_mmap_threshold: int = Field(MIB, ge=0, description="allocations of this many bytes or more use mmap")
     log_level: str = "INFO"

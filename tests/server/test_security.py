@@ -214,3 +214,33 @@ def test_max_concurrent_streams_bounds_calls_per_connection(tmp_path: Path, monk
         assert admitted == 2
         for i, result in enumerate(results):  # nothing refused or lost: they ran once streams freed up
             np.testing.assert_array_equal(result["y"], 2 * (i + 1) * X)
+
+
+def test_a_flood_of_large_requests_meets_back_pressure(tmp_path: Path, monkeypatch) -> None:
+    width, limit = 1024 * 1024, 20 * 1024 * 1024  # 4 MiB requests, 20 MiB in flight at most
+    models.save(models.scale(2.0, width=width), tmp_path, "big")
+    with held_server(tmp_path, "big", monkeypatch, max_inflight_bytes=limit) as (server, model, held):
+        dataplane = server.running.dataplane
+        x = np.ones((1, width), np.float32)
+
+        async def flood():
+            async with AsyncClient(server.address) as client:
+                calls = [asyncio.ensure_future(client.infer("big", {"x": (i + 1) * x})) for i in range(12)]
+                for _ in range(6000):  # the instance holds the first: the rest queue or are refused
+                    if model.in_flight + sum(c.done() for c in calls) == len(calls):
+                        break
+                    await asyncio.sleep(0.01)
+                held_bytes = dataplane.inflight_bytes
+                held.release()
+                return held_bytes, await asyncio.gather(*calls, return_exceptions=True)
+
+        held_bytes, outcomes = asyncio.run(flood())
+        refused = [o for o in outcomes if isinstance(o, InferenceServerError)]
+        answered = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, dict)]
+        assert held_bytes <= limit and len(answered) == 4, (held_bytes, len(answered))  # 5 x (4 MiB + header) > 20 MiB
+        assert len(refused) == 8 and all(o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused), refused
+        assert "model 'big' version 1" in refused[0].message and "--max-inflight-bytes" in refused[0].message
+        for i, result in answered:  # the admitted ones were not lost
+            np.testing.assert_array_equal(result["y"], 2 * (i + 1) * x)
+        assert dataplane.inflight_bytes == 0  # every byte was released
+        assert Client(server.address).infer("big", {"x": x})["y"].shape == (1, width)
