@@ -32,6 +32,10 @@ from .settings import ServerSettings
 
 log = logging.getLogger("modelport.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# grpc.health.v1 service for liveness probes: SERVING while the process answers at all (until
+# shutdown), whatever the models do, so a pod with a model that fails to load is kept out of
+# the Services by readiness but not restarted in a loop by liveness.
+LIVENESS_SERVICE = "modelport.liveness"
 
 
 @dataclass
@@ -170,13 +174,15 @@ async def _poll(registry: ModelRegistry, interval: float) -> None:
 
 
 async def _publish_health(health: HealthServicer, dataplane: DataPlane) -> None:
-    """grpc.health.v1: '' and the inference service follow server readiness; each model name its own."""
+    """grpc.health.v1: '' and the inference service follow server readiness, each model name its
+    own; LIVENESS_SERVICE is SERVING until shutdown."""
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     if dataplane.draining:
         return
     overall = serving if dataplane.server_ready() else not_serving
     await health.set("", overall)
     await health.set(SERVICE_NAME, overall)
+    await health.set(LIVENESS_SERVICE, serving)
     for name in dataplane.registry.names():
         await health.set(name, serving if dataplane.model_ready(name) else not_serving)
 

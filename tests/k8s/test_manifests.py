@@ -176,7 +176,9 @@ def test_probes_are_native_grpc_on_the_grpc_port(rendered, target):
     grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"]["port"] == grpc_port
+    for probe in ("startupProbe", "readinessProbe"):
         assert c[probe]["grpc"].get("service", "") == ""  # "" follows server readiness
+    assert c["livenessProbe"]["grpc"]["service"] == "modelport.liveness"  # the process, not its models
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "model loading gets at least 5 minutes"
 

@@ -178,6 +178,12 @@ def test_failed_model_makes_server_unready_but_others_serve(tmp_path: Path, star
     with pytest.raises(InferenceServerError) as err:
         client.predict("broken", np.ones((1, 3)))
     assert err.value.code == grpc.StatusCode.UNAVAILABLE and "broken" in err.value.message
+    # Health: readiness ("") says NOT_SERVING, liveness stays SERVING (no restart loop in Kubernetes).
+    status = health_pb2.HealthCheckResponse
+    with grpc.insecure_channel(address) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        assert check(health_pb2.HealthCheckRequest(service="")).status == status.NOT_SERVING
+        assert check(health_pb2.HealthCheckRequest(service="modelport.liveness")).status == status.SERVING
 
 
 def test_unsupported_extensions_answer_unimplemented(server) -> None:
