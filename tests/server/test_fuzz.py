@@ -658,7 +658,8 @@ def _parsed(data: bytes) -> pb.ModelInferRequest | None:
                                                           valid_requests(), st.integers(1, 200))))
 @example(data=b"\xff\xff\xff\xff\x0f")  # a varint that never ends
 # A truncated request that still parses: add_mul with a [4,4] and b [0,4] (ONNX Runtime refuses them).
-@example(data=b"\n\x07add_mul\x12\x011\x1a\x02r1*\r\n\x01a\x12\x04FP32\x1a\x02\x04\x04*\r\n\x01b\x12\x04FP32\x1a\x02\x00\x04:\x00")
+@example(data=b"\n\x07add_mul\x12\x011\x1a\x02r1*\r\n\x01a\x12\x04FP32\x1a\x02\x04\x04*\r\n\x01b\x12\x04FP32\x1a\x02\x00\x04:@"
+              + b"d\x92>\xd8" * 16 + b":\x00")
 def test_bytes_that_are_not_a_request_get_invalid_argument(raw_channel, stub, sessions, data: bytes) -> None:
     """Random and truncated bytes on ModelInfer: INVALID_ARGUMENT when they are not protobuf;
     bytes that do parse are an ordinary request, held to the same judge as every other."""
