@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from modelport.client._proto import _pool
 from modelport.client._proto import grpc_service_pb2 as pb
@@ -22,7 +22,7 @@ from modelport.client._proto import feedback_pb2, feedback_pb2_grpc
 from .auth import AuthInterceptor, TokenFile
 from .dataplane import DataPlane, Limits
 from .feedback import FeedbackServicer
-from .malformed import MalformedRequestInterceptor
+from .malformed import TolerantRegistrar
 from .memory import fix_mmap_threshold
 from .metrics import Metrics
 from .quality import QualityMonitor
@@ -95,9 +95,7 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     limits = Limits(settings.max_tensor_elements, settings.max_pending_requests, settings.default_request_timeout,
                     settings.max_inflight_bytes)
     dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics, quality, limits)
-    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
-    if settings.auth_token_file:  # checked before the request is parsed
-        interceptors.insert(0, AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health))
+    interceptors = [AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health)] if settings.auth_token_file else []
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -108,12 +106,16 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
             *_connection_age(settings),
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
-    feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), server)
+    registrar = TolerantRegistrar(server)  # requests that do not parse: INVALID_ARGUMENT, not UNKNOWN
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), registrar)
+    feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), registrar)
     health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
     names = [SERVICE_NAME, feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, server, pool=_reflection_pool())
+    # What reflection.enable_server_reflection does for a grpc.aio server, through the registrar.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(names, pool=_reflection_pool()), registrar
+    )
     host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
     port = _bind(server, f"{host}:{settings.grpc_port}", settings)
     if port == 0:

@@ -2,14 +2,14 @@
 
 grpcio parses requests before any handler runs and answers a parse failure with UNKNOWN
 ("Unexpected DecodeError"); on a stream the failure kills the reader and the call hangs until
-its deadline. This interceptor parses instead: a bad message becomes a `Malformed` value the
-wrapped handler turns into INVALID_ARGUMENT naming the message type, on every service.
+its deadline. Servicers added through `TolerantRegistrar` parse instead: a bad message becomes a
+`Malformed` value the wrapped handler turns into INVALID_ARGUMENT naming the message type.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,25 +30,35 @@ class MalformedStreamMessage(InvalidInput):
     """Raised from a request stream at the message that failed to parse."""
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    """Wrap every method so that unparseable request bytes end the call with INVALID_ARGUMENT."""
+class TolerantRegistrar:
+    """Stands in for the gRPC server while servicers are added (the generated `add_*_to_server`
+    functions): every method handler they register is replaced by one that parses requests
+    tolerantly. Cheaper than an interceptor, which grpc.aio runs as extra coroutines per call."""
 
-    def __init__(self) -> None:
-        # Per method handler (grpc's are stable objects): built once, not on every call.
-        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]], details
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_TolerantGenericHandler(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(service, {name: _wrap(h) for name, h in handlers.items()})
+
+
+class _TolerantGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        # Per method (grpc's handlers are stable objects): wrapped once, not on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        wrapped = self._wrapped.get(id(handler))
-        if wrapped is None or wrapped[0] is not handler:
-            if len(self._wrapped) > 1024:  # handlers built per call by someone else: do not grow
-                self._wrapped.clear()
-            wrapped = self._wrapped[id(handler)] = (handler, _wrap(handler))
-        return wrapped[1]
+        found = self._wrapped.get(details.method)
+        if found is None or found[0] is not handler:
+            found = self._wrapped[details.method] = (handler, _wrap(handler))
+        return found[1]
 
 
 def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

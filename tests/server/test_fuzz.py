@@ -674,6 +674,29 @@ def test_bytes_that_are_not_a_request_get_invalid_argument(raw_channel, stub, se
     still_healthy(stub)
 
 
+@pytest.mark.parametrize("method,message", [
+    ("/inference.GRPCInferenceService/ServerLive", "inference.ServerLiveRequest"),
+    ("/inference.GRPCInferenceService/ModelMetadata", "inference.ModelMetadataRequest"),
+    ("/inference.GRPCInferenceService/RepositoryIndex", "inference.RepositoryIndexRequest"),
+    ("/grpc.health.v1.Health/Check", "grpc.health.v1.HealthCheckRequest"),
+    ("/modelport.v1.Feedback/ReportLabel", "modelport.v1.ReportLabelRequest"),
+])
+def test_every_service_refuses_unparseable_bytes(raw_channel, stub, method: str, message: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        raw_channel.unary_unary(method)(b"\xff\xff\xff\xff\x0f", timeout=TIMEOUT)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert err.value.details().startswith(f"the request is not a valid {message}"), err.value.details()
+    still_healthy(stub)
+
+
+def test_reflection_stream_refuses_unparseable_bytes(raw_channel, stub) -> None:
+    call = raw_channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    with pytest.raises(grpc.RpcError) as err:
+        list(call(iter([b"\xff\xff\xff\xff\x0f"]), timeout=TIMEOUT))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    still_healthy(stub)
+
+
 def test_stream_answers_what_came_before_a_malformed_message(raw_channel, stub) -> None:
     good = [codec.build_request("int64", {"x": np.full((1, 3), i, np.int64)}) for i in range(3)]
     for i, request in enumerate(good):
