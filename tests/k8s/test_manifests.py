@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import kubernetes_validate
 import pytest
@@ -314,3 +315,15 @@ def test_conversion_job_writes_where_the_servers_read(rendered):
     assert claims[mounts["/input"]["name"]] in shipped
     assert all(o["metadata"]["namespace"] == "modelport" for o in job_manifests())
     assert c["image"].startswith("modelport-convert:")
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=ids)
+def test_request_bytes_fit_the_memory_limit(rendered, target):
+    """Back-pressure before the OOM killer: the in-flight request budget is at most half the
+    container's memory limit."""
+    objects = rendered[target]
+    limit = server(objects)["resources"]["limits"]["memory"]
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", limit).groups()
+    budget = int(config(objects)["MODELPORT_MAX_INFLIGHT_BYTES"])
+    assert 0 < budget <= int(number) * units[unit] // 2, (budget, limit)
