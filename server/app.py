@@ -128,6 +128,7 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     running = RunningServer(server, port, dataplane, health)
     if metrics is not None:
         metrics.track(registry.served)
+        metrics.track_inflight_bytes(lambda: dataplane.inflight_bytes)
         running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")

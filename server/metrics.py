@@ -80,6 +80,13 @@ class Metrics:
         self.registry.register(_ServingCollector(served))
         self.registry.register(_DriftCollector(served))
 
+    def track_inflight_bytes(self, read: Callable[[], int]) -> None:
+        """modelport_inflight_request_bytes: what --max-inflight-bytes bounds, read at scrape time."""
+        Gauge(
+            "modelport_inflight_request_bytes", "Bytes of the requests the server holds (queued or running)",
+            registry=self.registry,
+        ).set_function(read)
+
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on a background thread; returns the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

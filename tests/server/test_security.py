@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
+import urllib.request
 import time
 from pathlib import Path
 
@@ -231,10 +233,13 @@ def test_a_flood_of_large_requests_meets_back_pressure(tmp_path: Path, monkeypat
                         break
                     await asyncio.sleep(0.01)
                 held_bytes = dataplane.inflight_bytes
+                scraped = urllib.request.urlopen(f"http://127.0.0.1:{server.running.metrics_port}/metrics").read().decode()
                 held.release()
-                return held_bytes, await asyncio.gather(*calls, return_exceptions=True)
+                return held_bytes, scraped, await asyncio.gather(*calls, return_exceptions=True)
 
-        held_bytes, outcomes = asyncio.run(flood())
+        held_bytes, scraped, outcomes = asyncio.run(flood())
+        gauge = re.search(r"^modelport_inflight_request_bytes (\S+)$", scraped, re.M)
+        assert gauge and float(gauge.group(1)) == held_bytes  # what operators see
         refused = [o for o in outcomes if isinstance(o, InferenceServerError)]
         answered = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, dict)]
         assert held_bytes <= limit and len(answered) == 4, (held_bytes, len(answered))  # 5 x (4 MiB + header) > 20 MiB
