@@ -60,7 +60,8 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
                       reason="a warmup run takes under 1 ms: too short to share among threads")
         instance = Instance(model, i, inline=spec.batching is None and model.providers[0] == "CPUExecutionProvider")
         if timed is not None:
-            instance.expect(*timed)
+            one_row = _time_one_row(signature, model) if timed[1] > 1 and spec.max_batch_size > 0 else None
+            instance.expect(*timed, one_row)
         if spec.batching is not None and spec.batching.pads(instance.on_gpu):
             _warm_pad_sizes(label, signature, spec.batching.pad_sizes(), model)
         instances.append(instance)
@@ -132,6 +133,20 @@ def warm_up(
     kept = sorted(times[1:] or times)  # the first run includes one-off allocation
     return kept[len(kept) // 2]
 
+
+
+def _time_one_row(signature: Signature, model: OnnxModel, runs: int = 5) -> float | None:
+    """Median seconds of a one-row run (after one untimed run), or None when no shape can be guessed."""
+    inputs = _default_inputs(signature, 1)
+    if inputs is None:
+        return None
+    outputs = [t.name for t in signature.outputs]
+    times = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        model.run(inputs, outputs)
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[runs // 2]
 
 
 def _warm_pad_sizes(label: str, signature: Signature, sizes: tuple[int, ...], model: OnnxModel) -> None:

@@ -36,8 +36,8 @@ class Instance:
     """One ONNX Runtime session that runs one batch at a time, as in Triton: on its own thread,
     or inline on the event loop when the run is predicted to be shorter than the hop to a thread.
 
-    The prediction is nanoseconds per row from the warm-up (`expect`), measured before any
-    traffic: times measured under load include waiting for the GIL (ONNX Runtime releases it
+    The prediction is a fixed cost plus a cost per row, from warm-up runs (`expect`) measured
+    before any traffic: times measured under load include waiting for the GIL (ONNX Runtime releases it
     while it runs and gRPC's poller thread takes it), so they would overstate the model's cost.
     With no estimate (no warm-up ran), on a GPU, or under dynamic batching (where a batch running
     on the thread lets the loop gather the next one) every run uses the thread.
@@ -47,13 +47,27 @@ class Instance:
         self.model = model
         self.on_gpu = model.providers[0] != "CPUExecutionProvider"
         self.busy = 0
-        self.ns_per_row: float | None = None
+        self.cost_ns: tuple[float, float] | None = None  # (fixed, per row) of one run
         self._inline = inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{model.label}#{index}")
 
-    def expect(self, seconds: float, rows: int) -> None:
-        """Seed the run-time estimate: one warm-up run of `rows` rows took `seconds`."""
-        self.ns_per_row = seconds * 1e9 / max(rows, 1)
+    def expect(self, seconds: float, rows: int, one_row_seconds: float | None = None) -> None:
+        """Seed the run-time estimate: a warm-up run of `rows` rows took `seconds`, and one of a
+        single row `one_row_seconds` (when measured). Without that second point a run of fewer
+        rows is assumed to cost as much as the warm-up run: a fixed cost per call (common in
+        real models) must not make a small request look cheap enough to run inline."""
+        total, rows = seconds * 1e9, max(rows, 1)
+        if rows == 1:
+            self.cost_ns = (0.0, total)
+        elif one_row_seconds is None:
+            self.cost_ns = (total, total / rows)
+        else:
+            per_row = max(total - one_row_seconds * 1e9, 0.0) / (rows - 1)
+            self.cost_ns = (max(one_row_seconds * 1e9 - per_row, 0.0), per_row)
+
+    def predicted_ns(self, rows: int) -> float | None:
+        """Predicted run time of `rows` rows, or None without a warm-up."""
+        return None if self.cost_ns is None else self.cost_ns[0] + self.cost_ns[1] * rows
 
     async def run(
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None, label: str = ""
@@ -91,7 +105,10 @@ class Instance:
 
     def _runs_inline(self, rows: int) -> bool:
         # Never while the thread holds a run: one batch at a time per instance.
-        return self._inline and not self.busy and self.ns_per_row is not None and self.ns_per_row * rows < INLINE_MAX_NS
+        if not self._inline or self.busy:
+            return False
+        predicted = self.predicted_ns(rows)
+        return predicted is not None and predicted < INLINE_MAX_NS
 
     def _timed(
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None, label: str

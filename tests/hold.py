@@ -36,7 +36,7 @@ def hold(instance, monkeypatch: pytest.MonkeyPatch) -> Held:
         assert held._release.wait(60), "the test never released the run"
         return real_run(inputs, outputs)
 
-    monkeypatch.setattr(instance, "ns_per_row", None)
+    monkeypatch.setattr(instance, "cost_ns", None)
     monkeypatch.setattr(instance.model, "run", held_run)
     return held
 

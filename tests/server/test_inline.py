@@ -45,9 +45,9 @@ def _threads_used(instance, monkeypatch: pytest.MonkeyPatch, rows: int, width: i
 
 def test_a_tiny_model_runs_inline_and_a_big_batch_of_it_on_the_thread(tmp_path: Path, monkeypatch) -> None:
     registry, instance = _instance(tmp_path, models.scale(2.0, width=3), "max_batch_size: 8")
-    assert instance.ns_per_row is not None and instance.ns_per_row * 8 < INLINE_MAX_NS  # from the warm-up
+    assert instance.predicted_ns(1) < INLINE_MAX_NS  # from the warm-up
     assert _threads_used(instance, monkeypatch, 1, 3) == {threading.current_thread().name}
-    rows = int(INLINE_MAX_NS / instance.ns_per_row) + 1  # predicted longer than a thread hop
+    rows = next(r for r in (2**k for k in range(40)) if instance.predicted_ns(r) >= INLINE_MAX_NS)
     used = _threads_used(instance, monkeypatch, rows, 3)
     assert used and all(n.startswith("model 'm'") for n in used), used
     asyncio.run(registry.close())
@@ -55,7 +55,7 @@ def test_a_tiny_model_runs_inline_and_a_big_batch_of_it_on_the_thread(tmp_path: 
 
 def test_without_a_warmup_estimate_every_run_uses_the_thread(tmp_path: Path, monkeypatch) -> None:
     registry, instance = _instance(tmp_path, models.matmul_chain(2))  # free dims: no default warm-up
-    assert instance.ns_per_row is None
+    assert instance.predicted_ns(1) is None
     used = _threads_used(instance, monkeypatch, 2, 2)
     assert used and all(n.startswith("model 'm'") for n in used), used
     asyncio.run(registry.close())
@@ -65,4 +65,19 @@ def test_dynamic_batching_runs_batches_on_the_thread(tmp_path: Path, monkeypatch
     registry, instance = _instance(tmp_path, models.scale(2.0, width=3), "max_batch_size: 8\ndynamic_batching { }")
     used = _threads_used(instance, monkeypatch, 1, 3)
     assert used and all(n.startswith("model 'm'") for n in used), used
+    asyncio.run(registry.close())
+
+
+def test_a_fixed_cost_per_call_is_not_mistaken_for_a_cheap_row(tmp_path: Path) -> None:
+    from modelport.server.scheduler import Instance
+
+    registry, instance = _instance(tmp_path, models.scale(2.0, width=3), "max_batch_size: 8")
+    probe = Instance(instance.model, 9)
+    probe.expect(0.000300, 64)  # 300 us for 64 rows, no single-row timing
+    assert probe.predicted_ns(1) >= 300_000  # assumed as dear as the warm-up run: never inline
+    probe.expect(0.000300, 64, one_row_seconds=0.000200)  # 200 us of it is per call
+    assert 199_000 < probe.predicted_ns(1) < 201_000 and 299_000 < probe.predicted_ns(64) < 301_000
+    probe.expect(0.000064, 64, one_row_seconds=0.000001)  # 1 us per row, nothing fixed
+    assert probe.predicted_ns(1) < 2_000 and probe.predicted_ns(32) < INLINE_MAX_NS
+    probe.close()
     asyncio.run(registry.close())
