@@ -27,8 +27,8 @@ Results = dict[str, np.ndarray]
 
 # A run predicted to take less than this goes inline on the event loop: handing it to a thread
 # and back (executor submit, future chaining, the loop's self-pipe, a GIL hand-off) costs the loop
-# more than that, and the loop is what bounds a small model's throughput (measured: the seed MLP,
-# 0.015 ms per run, served ~15 % more requests/s inline on 2 cores).
+# more than that, and the loop is what bounds a small model's throughput (measured on 2 cores: the
+# seed MLP, ~0.02 ms per run, went from 0.81x the minimal stub's requests/s to 1.09-1.29x).
 INLINE_MAX_NS = 50_000
 
 
@@ -37,8 +37,8 @@ class Instance:
     or inline on the event loop when the run is predicted to be shorter than the hop to a thread.
 
     The prediction is a fixed cost plus a cost per row, from warm-up runs (`expect`) measured
-    before any traffic: times measured under load include waiting for the GIL (ONNX Runtime releases it
-    while it runs and gRPC's poller thread takes it), so they would overstate the model's cost.
+    before any traffic: times measured under load include waiting for the GIL (ONNX Runtime
+    releases it while it runs and gRPC's poller thread takes it), so they overstate the cost.
     With no estimate (no warm-up ran), on a GPU, or under dynamic batching (where a batch running
     on the thread lets the loop gather the next one) every run uses the thread.
     """
