@@ -1,4 +1,4 @@
-"""Build a gRPC method handler shaped like another one (for interceptors that replace a method)."""
+"""Build a gRPC method handler shaped like another one (for wrappers that replace a method)."""
 
 from __future__ import annotations
 

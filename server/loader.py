@@ -58,7 +58,7 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
             if i == 0:
                 event(log, logging.INFO, "model_threads", model=spec.name, version=version, intra_op_threads=1,
                       reason="a warmup run takes under 1 ms: too short to share among threads")
-        instance = Instance(model, i, inline=spec.batching is None and model.providers[0] == "CPUExecutionProvider")
+        instance = Instance(model, i, inline=spec.batching is None)
         if timed is not None:
             one_row = _time_one_row(signature, model) if timed[1] > 1 and spec.max_batch_size > 0 else None
             instance.expect(*timed, one_row)
@@ -137,29 +137,32 @@ def warm_up(
 
 def _time_one_row(signature: Signature, model: OnnxModel, runs: int = 5) -> float | None:
     """Median seconds of a one-row run (after one untimed run), or None when no shape can be guessed."""
-    inputs = _default_inputs(signature, 1)
-    if inputs is None:
-        return None
-    outputs = [t.name for t in signature.outputs]
-    times = []
-    for _ in range(runs + 1):
-        start = time.perf_counter()
-        model.run(inputs, outputs)
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[runs // 2]
+    times = _run_zeros(signature, model, 1, runs + 1)
+    return None if times is None else sorted(times[1:])[runs // 2]
 
 
 def _warm_pad_sizes(label: str, signature: Signature, sizes: tuple[int, ...], model: OnnxModel) -> None:
     """Run each size padded batches use once, so no request pays for a first shape."""
-    outputs = [t.name for t in signature.outputs]
     for size in sizes:
-        inputs = _default_inputs(signature, size)
-        if inputs is None:
-            return  # free dimensions besides the batch: no shape to guess
         try:
-            model.run(inputs, outputs)
+            if _run_zeros(signature, model, size) is None:
+                return  # free dimensions besides the batch: no shape to guess
         except ModelportError as exc:
             raise ModelLoadError(f"{label}: warmup at padded batch size {size} failed: {exc}") from exc
+
+
+def _run_zeros(signature: Signature, model: OnnxModel, rows: int, runs: int = 1) -> list[float] | None:
+    """Seconds of `runs` runs on zeros of `rows` rows; None when no shape can be guessed."""
+    inputs = _default_inputs(signature, rows)
+    if inputs is None:
+        return None
+    outputs = [t.name for t in signature.outputs]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.run(inputs, outputs)
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def _default_inputs(signature: Signature, max_batch_size: int) -> dict | None:
