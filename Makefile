@@ -12,7 +12,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make demo    train the seed models, convert, serve and call them (sets up .venv)"
 	@echo "make test    run the whole test suite (sets up .venv)"
-	@echo "make protos  regenerate client/_proto from protos/*.proto"
+	@echo "make protos  regenerate protos/generated from protos/*.proto"
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3)"; exit 1; }

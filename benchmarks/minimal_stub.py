@@ -26,8 +26,8 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 
-from modelport.client._proto import grpc_service_pb2 as pb
-from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
+from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
 DATATYPES = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",

@@ -61,9 +61,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from modelport.client import codec
-from modelport.client._proto import grpc_service_pb2 as pb
-from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
+from modelport.protocol import codec
+from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
 IR_VERSION = 10  # onnxruntime 1.31 reads IR versions up to 13; onnx >= 1.23 writes 14 by default
 OPSET = 17

@@ -5,10 +5,13 @@
         y = client.predict("mlp", x)
 """
 
+from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ServerMetadata, TensorSpec
+
 from .aio import AsyncClient, AsyncModel
 from .client import Client, Model
 from .errors import InferenceServerError
-from .types import ModelIndexEntry, ModelMetadata, ServerMetadata, TensorInfo
+
+TensorInfo = TensorSpec  # the name this type had before it moved to modelport.protocol
 
 __all__ = [
     "AsyncClient",
@@ -20,4 +23,5 @@ __all__ = [
     "ModelMetadata",
     "ServerMetadata",
     "TensorInfo",
+    "TensorSpec",
 ]

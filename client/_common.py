@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from .codec import NUMPY_DTYPES
-from .types import ModelMetadata
+from modelport.protocol.datatypes import NUMPY_DTYPES
+from modelport.protocol.types import ModelMetadata
 
 MIB = 1024 * 1024
 

@@ -8,15 +8,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from . import codec
+from modelport.protocol import codec
+from modelport.protocol.generated import feedback_pb2 as fb
+from modelport.protocol.generated import feedback_pb2_grpc as fb_grpc
+from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+from modelport.protocol.generated import model_config_pb2 as mc
+from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ServerMetadata
+
 from ._common import channel_spec, chunks, predict_plan, prepare
-from ._proto import feedback_pb2 as fb
-from ._proto import feedback_pb2_grpc as fb_grpc
-from ._proto import grpc_service_pb2 as pb
-from ._proto import grpc_service_pb2_grpc as pb_grpc
-from ._proto import model_config_pb2 as mc
 from .errors import InferenceServerError
-from .types import ModelIndexEntry, ModelMetadata, ServerMetadata
 
 
 class AsyncClient:

@@ -20,7 +20,6 @@ import asyncio
 import math
 import multiprocessing
 import multiprocessing.connection
-import string
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -31,9 +30,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from . import codec
-from ._proto import grpc_service_pb2 as pb
-from .types import TensorInfo
+from modelport.protocol import codec
+from modelport.protocol.arrays import load_arrays, select_inputs
+from modelport.protocol import datatypes
+from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol.types import TensorSpec
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REQUESTS_PER_CHANNEL = 8
@@ -158,7 +159,7 @@ class LevelResult:
 # ---------------------------------------------------------------- inputs
 
 
-def resolve_shape(info: TensorInfo, batch: int, override: Sequence[int] | None = None) -> tuple[int, ...]:
+def resolve_shape(info: TensorSpec, batch: int, override: Sequence[int] | None = None) -> tuple[int, ...]:
     """The concrete shape sent for one input.
 
     A dynamic leading dimension is the batch dimension and becomes `batch`. `override` (Triton's
@@ -183,37 +184,16 @@ def resolve_shape(info: TensorInfo, batch: int, override: Sequence[int] | None =
     return tuple([batch, *rest] if batched else rest)
 
 
-def random_array(datatype: str, shape: Sequence[int], rng: np.random.Generator, zeros: bool = False) -> np.ndarray:
-    """Data of the right datatype: standard normal floats, small integers, random booleans and
-    8-character strings (BYTES); all zeros (empty strings) with `zeros`."""
-    shape = tuple(shape)
-    if datatype == "BYTES":
-        flat = np.empty(math.prod(shape), dtype=object)
-        letters = np.frombuffer((string.ascii_letters + string.digits).encode(), dtype=np.uint8)
-        for i in range(flat.size):
-            flat[i] = b"" if zeros else rng.choice(letters, 8).tobytes()
-        return flat.reshape(shape)
-    dtype = codec.NUMPY_DTYPES[datatype]
-    if zeros:
-        return np.zeros(shape, dtype=dtype)
-    if datatype == "BOOL":
-        return rng.integers(0, 2, shape).astype(np.bool_)
-    if datatype == "BF16":  # the upper half of FP32 values is their bfloat16 bit pattern
-        return (rng.standard_normal(shape, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    return rng.integers(0, 100, shape).astype(dtype)
-
-
 def random_inputs(
-    inputs: Sequence[TensorInfo],
+    inputs: Sequence[TensorSpec],
     batch: int = 1,
     shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     zeros: bool = False,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """One array per model input (from ModelMetadata), batch dimension `batch`."""
+    """One array per model input (from ModelMetadata), batch dimension `batch`: random
+    (modelport.protocol.datatypes.random_array), or all zeros with `zeros`."""
     shapes = dict(shapes or {})
     unknown = set(shapes) - {t.name for t in inputs}
     if unknown:
@@ -221,29 +201,27 @@ def random_inputs(
     if batch > 1 and not any(t.shape and t.shape[0] == -1 for t in inputs):
         raise ValueError(f"no input has a dynamic batch dimension ({[list(t.shape) for t in inputs]}); use --batch 1")
     rng = np.random.default_rng(seed)
-    return {t.name: random_array(t.datatype, resolve_shape(t, batch, shapes.get(t.name)), rng, zeros) for t in inputs}
+    arrays = {}
+    for t in inputs:
+        shape = resolve_shape(t, batch, shapes.get(t.name))
+        arrays[t.name] = datatypes.zeros(t.datatype, shape) if zeros else datatypes.random_array(t.datatype, shape, rng)
+    return arrays
 
 
-def load_inputs(path: Path | str, inputs: Sequence[TensorInfo] | None = None) -> dict[str, np.ndarray]:
+def load_inputs(path: Path | str, inputs: Sequence[TensorSpec] | None = None) -> dict[str, np.ndarray]:
     """Arrays from an .npz (named by input) or .npy (single-input model), cast to the model's
     datatypes when its metadata is known."""
     path = Path(path)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    else:
-        if inputs is None or len(inputs) != 1:
-            raise ValueError(f"{path.name}: a .npy file feeds a single-input model; pass an .npz named by input")
-        arrays = {inputs[0].name: np.load(path, allow_pickle=False)}
+    if path.suffix != ".npz" and (inputs is None or len(inputs) != 1):
+        raise ValueError(f"{path.name}: a .npy file feeds a single-input model; pass an .npz named by input")
+    arrays = load_arrays(path)
     if not arrays:
         raise ValueError(f"{path.name} holds no arrays")
-    if inputs is not None:
-        types = {t.name: t.datatype for t in inputs}
-        missing = set(types) - set(arrays)
-        if missing:
-            raise ValueError(f"{path.name} lacks arrays for inputs {sorted(missing)} (it has {sorted(arrays)})")
-        arrays = {n: codec.as_wire_array(a, types[n]) if n in types else a for n, a in arrays.items()}
-    return arrays
+    if inputs is None:
+        return arrays  # no metadata: sent as they are
+    types = {t.name: t.datatype for t in inputs}
+    selected = select_inputs(arrays, list(types), path.name)
+    return {n: codec.as_wire_array(a, types[n]) for n, a in selected.items()}
 
 
 def batch_of(inputs: Mapping[str, np.ndarray]) -> int:

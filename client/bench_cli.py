@@ -243,7 +243,7 @@ def _prepare(args: argparse.Namespace) -> tuple[bytes, int, dict[str, Any]]:
 
 
 def _datatype(array) -> str:
-    from .codec import datatype_of
+    from modelport.protocol.codec import datatype_of
 
     return datatype_of(array)
 

@@ -1,7 +1,6 @@
-"""Classification metrics of a served model on labelled data: the batched loop behind
-`modelport evaluate`, and the metrics themselves in numpy (the client install has no scikit-learn;
-the numbers equal scikit-learn's `accuracy_score`, `precision_recall_fscore_support(zero_division=0)`
-and `confusion_matrix`)."""
+"""Classification quality of a served model on labelled data: the batched loop behind
+`modelport evaluate`. The maths is modelport.protocol.scoring (scikit-learn's definitions) and the
+classes are read by modelport.protocol.classes, as the server's online quality reads them."""
 
 from __future__ import annotations
 
@@ -13,113 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .codec import NUMPY_DTYPES
-from .types import ModelMetadata
+from modelport.protocol.arrays import MissingInputs, select_inputs
+from modelport.protocol.classes import ClassDecodingError, decode_predictions
+from modelport.protocol.datatypes import NUMPY_DTYPES
+from modelport.protocol.scoring import POSITIVE_LABEL, ClassificationReport, classification_report
+from modelport.protocol.types import ModelMetadata
 
 if TYPE_CHECKING:
     from .client import Client
 
-POSITIVE_LABEL = 1
-
 
 class EvaluationInputError(ValueError):
     """The data or the options do not fit the model (bad input, not a server failure)."""
-
-
-# ---------------------------------------------------------------- metrics
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Precision, recall and F1 of one class or an average."""
-
-    precision: float
-    recall: float
-    f1: float
-
-    def to_dict(self) -> dict[str, float]:
-        """As plain JSON numbers."""
-        return {"precision": self.precision, "recall": self.recall, "f1": self.f1}
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Classification metrics over `labels` (sorted union of true and predicted classes)."""
-
-    n: int
-    accuracy: float
-    labels: tuple[int, ...]
-    precision: np.ndarray
-    recall: np.ndarray
-    f1: np.ndarray
-    support: np.ndarray
-    confusion_matrix: np.ndarray  # rows: true label, columns: predicted label
-    macro: Scores
-    positive: Scores | None = None  # the positive class (1) of a binary task
-
-    def per_class(self) -> dict[int, dict[str, float | int]]:
-        """{label: {precision, recall, f1, support}}."""
-        return {
-            label: {
-                "precision": float(self.precision[i]),
-                "recall": float(self.recall[i]),
-                "f1": float(self.f1[i]),
-                "support": int(self.support[i]),
-            }
-            for i, label in enumerate(self.labels)
-        }
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator, 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
-    out = np.zeros(numerator.shape, dtype=np.float64)
-    np.divide(numerator, denominator, out=out, where=denominator != 0)
-    return out
-
-
-def compute_metrics(y_true: Any, y_pred: Any, *, binary: bool = False) -> Metrics:
-    """Accuracy, per-class and macro precision/recall/F1, support and the confusion matrix of
-    integer labels; with `binary`, also the scores of the positive class 1."""
-    y_true = np.asarray(y_true).ravel()
-    y_pred = np.asarray(y_pred).ravel()
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
-    if not len(y_true):
-        raise ValueError("no examples to evaluate")
-    labels = np.union1d(y_true, y_pred)
-    k = len(labels)
-    rows, cols = np.searchsorted(labels, y_true), np.searchsorted(labels, y_pred)
-    matrix = np.bincount(rows * k + cols, minlength=k * k).reshape(k, k).astype(np.int64)
-    tp = np.diag(matrix)
-    predicted, support = matrix.sum(axis=0), matrix.sum(axis=1)
-    precision, recall = _ratio(tp, predicted), _ratio(tp, support)
-    # F1 from the counts (as scikit-learn >= 1.3 does), so an undefined precision gives 0, not NaN.
-    f1 = _ratio(2 * tp, 2 * tp + (predicted - tp) + (support - tp))
-    macro = Scores(float(precision.mean()), float(recall.mean()), float(f1.mean()))
-    positive = None
-    if binary:
-        positive = _class_scores(labels, precision, recall, f1, POSITIVE_LABEL)
-    return Metrics(
-        n=len(y_true),
-        accuracy=float(np.mean(y_true == y_pred)),
-        labels=tuple(int(v) for v in labels),
-        precision=precision,
-        recall=recall,
-        f1=f1,
-        support=support,
-        confusion_matrix=matrix,
-        macro=macro,
-        positive=positive,
-    )
-
-
-def _class_scores(labels: np.ndarray, precision: np.ndarray, recall: np.ndarray, f1: np.ndarray, label: int) -> Scores:
-    # A positive class neither true nor predicted anywhere scores 0, as in scikit-learn.
-    where = np.flatnonzero(labels == label)
-    if not len(where):
-        return Scores(0.0, 0.0, 0.0)
-    i = where[0]
-    return Scores(float(precision[i]), float(recall[i]), float(f1[i]))
 
 
 def latency_summary(latencies_s: list[float], examples: int, wall_s: float) -> dict[str, float | int]:
@@ -140,43 +44,6 @@ def latency_summary(latencies_s: list[float], examples: int, wall_s: float) -> d
         "wall_s": float(wall_s),
         "examples_per_s": float(examples / wall_s) if wall_s > 0 else 0.0,
     }
-
-
-# ---------------------------------------------------------------- predictions
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """Predicted labels and how they were read from the model's output."""
-
-    labels: np.ndarray
-    mode: str  # "sigmoid" (thresholded), "argmax" or "labels" (integer output used as is)
-    binary: bool
-    warning: str | None = None
-
-
-def decode_predictions(output: np.ndarray, threshold: float = 0.5) -> Decoded:
-    """Class labels from a classifier's output: [N] / [N, 1] scores in [0, 1] thresholded,
-    [N, C >= 2] scores by argmax, integer [N] / [N, 1] taken as labels."""
-    output = np.asarray(output)
-    if output.ndim == 0 or output.ndim > 2:
-        raise EvaluationInputError(f"cannot read classes from an output of shape {list(output.shape)}: expected [N], [N, 1] or [N, C]")
-    if output.dtype.kind in "biu":
-        if output.ndim == 2 and output.shape[1] != 1:
-            raise EvaluationInputError(f"an integer output must be labels of shape [N] or [N, 1], got {list(output.shape)}")
-        labels = output.reshape(len(output)).astype(np.int64)
-        return Decoded(labels, "labels", bool(np.isin(labels, [0, 1]).all()))
-    if output.dtype.kind != "f":
-        raise EvaluationInputError(f"cannot read classes from an output of dtype {output.dtype}")
-    if output.ndim == 2 and output.shape[1] >= 2:
-        return Decoded(np.argmax(output, axis=1).astype(np.int64), "argmax", output.shape[1] == 2)
-    scores = output.reshape(len(output))
-    warning = None
-    if len(scores) and (scores.min() < 0 or scores.max() > 1):
-        warning = (f"output values range over [{scores.min():.4g}, {scores.max():.4g}], not [0, 1]: they look like "
-                   f"logits rather than sigmoid probabilities; thresholding at {threshold:g} anyway")  # fmt: skip
-    # Strictly greater, as Keras' binary accuracy does, so the numbers match model.evaluate().
-    return Decoded((scores > threshold).astype(np.int64), "sigmoid", True, warning)
 
 
 # ---------------------------------------------------------------- data
@@ -218,13 +85,12 @@ def match_inputs(arrays: Mapping[str, np.ndarray], meta: ModelMetadata, n: int) 
     """The model's inputs from the file's arrays (`x` for a single-input model, else one array per
     input name), cast to the model's datatypes and checked to hold `n` examples."""
     names = [t.name for t in meta.inputs]
-    if len(names) == 1 and names[0] not in arrays and "x" in arrays:
-        arrays = {names[0]: arrays["x"]}
-    missing = [name for name in names if name not in arrays]
-    if missing:
+    try:
+        arrays = select_inputs(arrays, names)
+    except MissingInputs as exc:
         wanted = "'x' (or '" + names[0] + "')" if len(names) == 1 else "one array per input: " + ", ".join(names)
-        raise EvaluationInputError(f"the data has no array for input(s) {missing} of model '{meta.name}'; "
-                                   f"it needs {wanted} plus 'y'; it holds {sorted(arrays)}")  # fmt: skip
+        raise EvaluationInputError(f"the data has no array for input(s) {exc.missing} of model '{meta.name}'; "
+                                   f"it needs {wanted} plus 'y'; it holds {exc.available}") from None  # fmt: skip
     inputs = {}
     for tensor in meta.inputs:
         array = arrays[tensor.name]
@@ -269,13 +135,13 @@ class Evaluation:
     mode: str
     threshold: float | None
     batch_size: int
-    metrics: Metrics
+    report: ClassificationReport
     latency: dict[str, float | int]
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Every number, JSON-ready (class labels become string keys in per_class)."""
-        m = self.metrics
+        m = self.report
         return {
             "model": self.model,
             "version": self.version,
@@ -339,7 +205,10 @@ def evaluate(
     scores = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if scores.ndim == 0 or len(scores) != n:
         raise EvaluationInputError(f"output '{output_name}' has {len(scores) if scores.ndim else 0} rows for {n} examples")
-    decoded = decode_predictions(scores, threshold)
+    try:
+        decoded = decode_predictions(scores, threshold)
+    except ClassDecodingError as exc:
+        raise EvaluationInputError(str(exc)) from None
     binary = decoded.binary and bool(np.isin(y, [0, 1]).all())
     return Evaluation(
         model=model,
@@ -348,7 +217,7 @@ def evaluate(
         mode=decoded.mode,
         threshold=threshold if decoded.mode == "sigmoid" else None,
         batch_size=batch_size,
-        metrics=compute_metrics(y, decoded.labels, binary=binary),
+        report=classification_report(y, decoded.labels, binary=binary),
         latency=latency_summary(latencies, n, wall),
         warnings=(decoded.warning,) if decoded.warning else (),
     )

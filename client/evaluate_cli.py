@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_report(result, url: str) -> list[str]:
     """The human-readable report as lines."""
-    m, lat = result.metrics, result.latency
+    m, lat = result.report, result.latency
     if result.mode == "sigmoid":
         how = f"probability > {result.threshold:g} is class 1"
     else:

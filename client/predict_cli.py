@@ -37,7 +37,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the inputs, call the server, print or save."""
     from . import Client, InferenceServerError
-    from .codec import NUMPY_DTYPES
+    from modelport.protocol.datatypes import NUMPY_DTYPES
 
     with Client(args.url, timeout=args.timeout) as client:
         try:

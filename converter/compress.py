@@ -22,7 +22,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from modelport.client.evaluate import decode_predictions
+from modelport.protocol.arrays import load_arrays, select_inputs
+from modelport.protocol.classes import decode_predictions
+from modelport.protocol.repository import CONVERSION_FILE, MODEL_FILE, version_folders
 
 from . import publish
 
@@ -93,11 +95,11 @@ def compress(
         raise ValueError(f"unknown method '{method}'; expected one of {', '.join(METHODS)}")
     say = progress or (lambda message: print(message, file=sys.stderr, flush=True))
     model_dir = Path(repository) / name
-    versions = publish.versions(model_dir)
+    versions = list(version_folders(model_dir))
     source = from_version if from_version is not None else (versions[-1] if versions else None)
     if source is None or source not in versions:
         raise ValueError(f"{model_dir}: no version {from_version if from_version else ''} to compress; found {versions}")
-    source_path = model_dir / str(source) / "model.onnx"
+    source_path = model_dir / str(source) / MODEL_FILE
     original = source_path.read_bytes()
     session = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in session.get_inputs()]
@@ -190,14 +192,7 @@ class _Reader:
 
 
 def _load_inputs(path: str | Path, inputs: list[str]) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    if len(inputs) == 1 and inputs[0] not in arrays and "x" in arrays:
-        arrays = {inputs[0]: arrays["x"]}
-    missing = [n for n in inputs if n not in arrays]
-    if missing:
-        raise ValueError(f"{path} lacks inputs {missing}; it has {sorted(arrays)}")
-    return {n: arrays[n] for n in inputs}
+    return select_inputs(load_arrays(path), inputs, str(path))
 
 
 def _run(model: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -224,7 +219,7 @@ def _gate(method, source, original, compressed, eval_data, calib, inputs, max_dr
             b = float(np.mean(np.abs(before.reshape(y.shape) - y)))
             a = float(np.mean(np.abs(after.reshape(y.shape) - y)))
             drop = a - b
-        label = Path(eval_data).name
+        gate_data = Path(eval_data).name
     else:
         # No labels: how often the compressed model agrees with the original on the calibration
         # data (or random inputs), said so in the report.
@@ -233,10 +228,10 @@ def _gate(method, source, original, compressed, eval_data, calib, inputs, max_dr
         metric, b = "agreement", 1.0
         a = float(np.mean(decode_predictions(before, threshold).labels == decode_predictions(after, threshold).labels))
         drop = b - a
-        label = "calibration data (no --eval: output agreement, not accuracy)" if calib else "random inputs (no --eval)"
+        gate_data = "calibration data (no --eval: output agreement, not accuracy)" if calib else "random inputs (no --eval)"
     sample = feeds
     return CompressionReport(
-        method, source, len(original), len(compressed), metric, b, a, drop, max_drop, label,
+        method, source, len(original), len(compressed), metric, b, a, drop, max_drop, gate_data,
         [_speed(original, sample, n) for n in (1, 32)], [_speed(compressed, sample, n) for n in (1, 32)],
     )
 
@@ -264,7 +259,7 @@ def _speed(model: bytes, sample: dict[str, np.ndarray], batch: int, seconds: flo
 
 
 def _record(source_dir: Path, report: CompressionReport) -> dict:
-    path = source_dir / "conversion.json"
+    path = source_dir / CONVERSION_FILE
     record = json.loads(path.read_text()) if path.exists() else {}
     record["compression"] = asdict(report)
     return record

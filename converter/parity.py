@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .defaults import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL
-from .sources import Source, TensorInfo
+from .sources import Source, SourceTensor
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ParityReport:
         return asdict(self)
 
 
-def random_sample(inputs: list[TensorInfo], rows: int = DEFAULT_ROWS, seed: int = 0) -> dict[str, np.ndarray]:
+def random_sample(inputs: list[SourceTensor], rows: int = DEFAULT_ROWS, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs in a range every model accepts: uniform [-1, 1) floats, small non-negative ints,
     random booleans and short strings; free dimensions besides the batch are 1."""
     rng = np.random.default_rng(seed)
@@ -63,7 +63,7 @@ def random_sample(inputs: list[TensorInfo], rows: int = DEFAULT_ROWS, seed: int 
 
 
 def check(
-    source: Source, onnx_bytes: bytes, sample: dict[str, np.ndarray], atol: float, rtol: float, label: str
+    source: Source, onnx_bytes: bytes, sample: dict[str, np.ndarray], atol: float, rtol: float, sample_name: str
 ) -> ParityReport:
     """Run both on `sample` and compare every output element: |onnx - tf| <= atol + rtol * |tf|."""
     expected = source.predict(sample)
@@ -72,7 +72,7 @@ def check(
     got = dict(zip(names, session.run(names, sample)))
     outputs = [_compare(name, expected[name], got[name], atol, rtol) for name in source.outputs]
     rows = len(next(iter(sample.values()))) if sample else 0
-    return ParityReport(all(o.within_tolerance for o in outputs), atol, rtol, rows, label, outputs)
+    return ParityReport(all(o.within_tolerance for o in outputs), atol, rtol, rows, sample_name, outputs)
 
 
 def _compare(name: str, expected: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> OutputParity:

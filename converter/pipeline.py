@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from modelport.protocol.arrays import load_arrays, select_inputs
+
 from . import export, parity, publish, sources
 from .defaults import DEFAULT_MAX_BATCH_SIZE
 from .stats import input_statistics, weight_sparsity
@@ -73,15 +75,15 @@ def convert(
     model = export.to_onnx(loaded, opset)
     if tamper is not None:
         tamper(model)
-    data, label = _sample(loaded, sample)
-    say(f"[3/4] parity check on {len(next(iter(data.values())))} rows of {label} data (atol {atol:g}, rtol {rtol:g})")
-    report = parity.check(loaded, model.SerializeToString(), data, atol, rtol, label)
+    data, sample_name = _sample(loaded, sample)
+    say(f"[3/4] parity check on {len(next(iter(data.values())))} rows of {sample_name} data (atol {atol:g}, rtol {rtol:g})")
+    report = parity.check(loaded, model.SerializeToString(), data, atol, rtol, sample_name)
     if not report.passed:
         raise ParityError(report)
     worst = max(o.max_abs_diff for o in report.outputs)
     say(f"      passed: max |difference| {worst:.3g}")
     say(f"[4/4] publishing {model_dir / str(chosen)}")
-    record = _record(loaded, opset, report, data, label)
+    record = _record(loaded, opset, report, data, sample_name)
     record["weights"] = weight_sparsity(model)
     if record["weights"]["sparsity"] > 0.05:
         say(f"      weight sparsity {record['weights']['sparsity']:.1%} (pruned weights are zeros)")
@@ -94,23 +96,17 @@ def convert(
 def _sample(loaded: sources.Source, sample: Any) -> tuple[dict[str, np.ndarray], str]:
     if sample is None:
         return parity.random_sample(loaded.inputs), "random"
-    label = "given"
+    sample_name = "given"
     if isinstance(sample, (str, Path)):
-        label = Path(sample).name
-        with np.load(sample, allow_pickle=False) as npz:
-            sample = {k: npz[k] for k in npz.files}
+        sample_name = Path(sample).name
+        sample = load_arrays(sample)
     if isinstance(sample, np.ndarray):
-        sample = {loaded.inputs[0].name: sample}
-    names = [t.name for t in loaded.inputs]
-    if len(names) == 1 and names[0] not in sample and "x" in sample:
-        sample = {names[0]: sample["x"]}
-    missing = [n for n in names if n not in sample]
-    if missing:
-        raise ValueError(f"the sample lacks inputs {missing}; it has {sorted(sample)}")
-    return {t.name: np.asarray(sample[t.name]).astype(t.dtype, copy=False) for t in loaded.inputs}, label
+        sample = {"x": sample}
+    chosen = select_inputs(sample, [t.name for t in loaded.inputs], "the sample")
+    return {t.name: np.asarray(chosen[t.name]).astype(t.dtype, copy=False) for t in loaded.inputs}, sample_name
 
 
-def _record(loaded: sources.Source, opset: int, report: parity.ParityReport, data: dict, label: str) -> dict:
+def _record(loaded: sources.Source, opset: int, report: parity.ParityReport, data: dict, sample_name: str) -> dict:
     return {
         "source": {"kind": loaded.kind, "path": str(loaded.path) if loaded.path else None, "sha256": _hash(loaded.path)},
         "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -119,7 +115,7 @@ def _record(loaded: sources.Source, opset: int, report: parity.ParityReport, dat
         "inputs": [{"name": t.name, "dtype": str(t.dtype), "shape": [d if d is not None else -1 for d in t.shape]} for t in loaded.inputs],
         "outputs": loaded.outputs,
         "parity": report.to_dict(),
-        "sample": label,
+        "sample": sample_name,
         "input_statistics": input_statistics(data),
     }
 

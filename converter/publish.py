@@ -12,38 +12,17 @@ from pathlib import Path
 import onnx
 from google.protobuf import text_format
 
-from modelport.client._proto import model_config_pb2 as mc
-
-# numpy dtype kind/size -> Triton config data type
-_DATA_TYPES = {
-    ("b", 1): "TYPE_BOOL",
-    ("u", 1): "TYPE_UINT8", ("u", 2): "TYPE_UINT16", ("u", 4): "TYPE_UINT32", ("u", 8): "TYPE_UINT64",
-    ("i", 1): "TYPE_INT8", ("i", 2): "TYPE_INT16", ("i", 4): "TYPE_INT32", ("i", 8): "TYPE_INT64",
-    ("f", 2): "TYPE_FP16", ("f", 4): "TYPE_FP32", ("f", 8): "TYPE_FP64",
-}  # fmt: skip
-_ONNX_TYPES = {
-    onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.UINT16: "TYPE_UINT16",
-    onnx.TensorProto.UINT32: "TYPE_UINT32", onnx.TensorProto.UINT64: "TYPE_UINT64", onnx.TensorProto.INT8: "TYPE_INT8",
-    onnx.TensorProto.INT16: "TYPE_INT16", onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT64: "TYPE_INT64",
-    onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.DOUBLE: "TYPE_FP64",
-    onnx.TensorProto.STRING: "TYPE_STRING", onnx.TensorProto.BFLOAT16: "TYPE_BF16",
-}  # fmt: skip
-
+from modelport.protocol.datatypes import DATATYPE_TO_CONFIG, ONNX_ELEMENT_TO_DATATYPE
+from modelport.protocol.generated import model_config_pb2 as mc
+from modelport.protocol.repository import CONFIG_FILE, CONVERSION_FILE, MODEL_FILE, PLATFORM, version_folders
 
 class VersionExists(ValueError):
     """The asked-for version is already published; versions are never overwritten."""
 
 
-def versions(model_dir: Path) -> list[int]:
-    """Published versions of a model folder."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit())
-
-
 def choose_version(model_dir: Path, wanted: int | None) -> int:
     """`wanted` if free, else an error; without it, one more than the highest published."""
-    existing = versions(model_dir)
+    existing = version_folders(model_dir)
     if wanted is None:
         return (existing[-1] + 1) if existing else 1
     if wanted < 1:
@@ -59,8 +38,8 @@ def publish(model_dir: Path, version: int, model: onnx.ModelProto, record: dict)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
     try:
-        onnx.save(model, staging / "model.onnx")
-        (staging / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
+        onnx.save(model, staging / MODEL_FILE)
+        (staging / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
         target = model_dir / str(version)
         if target.exists():
             raise VersionExists(f"{target} appeared while converting; versions are never overwritten")
@@ -74,12 +53,12 @@ def publish(model_dir: Path, version: int, model: onnx.ModelProto, record: dict)
 def write_config(model_dir: Path, name: str, model: onnx.ModelProto, max_batch_size: int) -> Path:
     """config.pbtxt with name, platform, max_batch_size, inputs and outputs (dims without the batch
     dimension); fields the user added to an existing one are kept. Written atomically."""
-    path = model_dir / "config.pbtxt"
+    path = model_dir / CONFIG_FILE
     config = mc.ModelConfig()
     if path.exists():
         text_format.Parse(path.read_text(), config, allow_unknown_field=True)
     config.name = name
-    config.platform = "onnxruntime_onnx"
+    config.platform = PLATFORM
     config.max_batch_size = max_batch_size
     del config.input[:]
     del config.output[:]
@@ -96,7 +75,7 @@ def write_config(model_dir: Path, name: str, model: onnx.ModelProto, max_batch_s
 
 
 def _type(value: onnx.ValueInfoProto) -> str:
-    return _ONNX_TYPES[value.type.tensor_type.elem_type]
+    return DATATYPE_TO_CONFIG[ONNX_ELEMENT_TO_DATATYPE[value.type.tensor_type.elem_type]]
 
 
 def _dims(value: onnx.ValueInfoProto, max_batch_size: int) -> list[int]:

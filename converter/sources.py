@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 
 @dataclass(frozen=True)
-class TensorInfo:
+class SourceTensor:
     """A named input or output: numpy dtype and shape (None = any size)."""
 
     name: str
@@ -35,7 +35,7 @@ class Source:
     kind: str  # "keras", "h5", "saved_model" or "keras (in memory)"
     path: Path | None
     function: Any  # tf.function taking the inputs positionally, returning {output name: tensor}
-    inputs: list[TensorInfo]
+    inputs: list[SourceTensor]
     outputs: list[str]
 
     def input_signature(self) -> list[tf.TensorSpec]:
@@ -78,7 +78,7 @@ def from_keras(model: Any, kind: str, path: Path | None) -> Source:
     if not getattr(model, "inputs", None):
         raise ValueError("the Keras model has no defined inputs: build it (call it once, or give it an Input)")
     inputs = [
-        TensorInfo(_layer_name(t, f"input_{i}"), _numpy_dtype(t.dtype), _batch_dynamic(t.shape))
+        SourceTensor(_layer_name(t, f"input_{i}"), _numpy_dtype(t.dtype), _batch_dynamic(t.shape))
         for i, t in enumerate(model.inputs)
     ]
     outputs = _unique([_layer_name(t, f"output_{i}") for i, t in enumerate(model.outputs)])
@@ -102,7 +102,7 @@ def from_saved_model(path: Path) -> Source:
     if signature is None:
         raise ValueError(f"{path}: the SavedModel has no signature to convert")
     specs = signature.structured_input_signature[1]
-    inputs = [TensorInfo(name, np.dtype(s.dtype.as_numpy_dtype), _batch_dynamic(s.shape)) for name, s in sorted(specs.items())]
+    inputs = [SourceTensor(name, np.dtype(s.dtype.as_numpy_dtype), _batch_dynamic(s.shape)) for name, s in sorted(specs.items())]
     outputs = sorted(signature.structured_outputs)
     tf_specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in inputs]
     names = [t.name for t in inputs]

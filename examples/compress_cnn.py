@@ -23,7 +23,7 @@ WORK, REPOSITORY = ROOT / ".demo" / "cnn", ROOT / "models"
 def main() -> int:
     from modelport.converter import convert
     from modelport.converter.compress import AccuracyGateError, compress
-    from modelport.converter.publish import versions
+    from modelport.protocol.repository import version_folders as versions
 
     if not (WORK / "calib.npz").exists():
         subprocess.run([sys.executable, str(ROOT / "examples" / "train_cnn.py"), "--out", str(WORK)], check=True)

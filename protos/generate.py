@@ -1,4 +1,4 @@
-"""Regenerate the Python code for protos/*.proto into client/_proto/.
+"""Regenerate the Python code for protos/*.proto into protos/generated/ (modelport.protocol.generated).
 
 Usage: python protos/generate.py [--out DIR]   (or `make protos`)
 
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 PROTOS = Path(__file__).resolve().parent
-DEFAULT_OUT = PROTOS.parent / "client" / "_proto"
+DEFAULT_OUT = PROTOS / "generated"
 SOURCES = ["model_config.proto", "grpc_service.proto", "feedback.proto"]
 
 POOL_MODULE = '''"""modelport's private descriptor pool (written by protos/generate.py; do not edit).
@@ -70,7 +70,7 @@ def generate(out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: client/_proto)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: protos/generated)")
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(f"wrote {path}")

@@ -6,25 +6,25 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from modelport.client._proto import _pool
-from modelport.client._proto import grpc_service_pb2 as pb
-from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
-
-from modelport.client._proto import feedback_pb2, feedback_pb2_grpc
+from modelport.protocol.generated import _pool, feedback_pb2, feedback_pb2_grpc
+from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
 from .auth import AuthInterceptor, TokenFile
 from .dataplane import DataPlane, Limits
+from .drift import DriftObserver
 from .feedback import FeedbackServicer
+from .loader import LoaderSettings
 from .malformed import TolerantRegistrar
 from .memory import fix_mmap_threshold
-from .metrics import Metrics
+from .metrics import MetricsEndpoint
+from .observers import PredictedClassCounter
 from .quality import QualityMonitor
 from .registry import ModelRegistry
 from .servicer import InferenceServicer
@@ -60,13 +60,6 @@ class RunningServer:
         await self.dataplane.registry.close()
 
 
-def _package_version() -> str:
-    try:
-        return version("modelport")
-    except PackageNotFoundError:
-        return "0.0.0"
-
-
 def _reflection_pool():
     """Our pool also carries health and reflection, so reflection can describe every service."""
     for module in (health_pb2, reflection_pb2):
@@ -79,22 +72,12 @@ def _reflection_pool():
 
 async def start_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
     """Load the repository (unless a registry is given), bind, start serving."""
-    metrics = Metrics() if settings.allow_metrics else None
     if registry is None:
-        registry = ModelRegistry(
-            settings.model_repository,
-            settings.execution_providers,
-            settings.device_id,
-            settings.workers,
-            metrics,
-            settings.drift_window,
-            settings.drift_sample_rate,
-        )
+        registry = ModelRegistry(settings.model_repository, LoaderSettings.of(settings))
         await registry.load_all(_startup_models(settings))
-    quality = QualityMonitor(settings.quality_window, settings.quality_pending, metrics)
-    limits = Limits(settings.max_tensor_elements, settings.max_pending_requests, settings.default_request_timeout,
-                    settings.max_inflight_bytes)
-    dataplane = DataPlane(registry, _package_version(), settings.model_control_mode, metrics, quality, limits)
+    quality = QualityMonitor(settings.quality_window, settings.quality_pending)
+    observers = [quality, DriftObserver(), PredictedClassCounter()]
+    dataplane = DataPlane(registry, Limits.of(settings), settings.model_control_mode, observers)
     interceptors = [AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health)] if settings.auth_token_file else []
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -126,10 +109,8 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     registry.listeners.append(lambda _name: loop.create_task(_publish_health(health, dataplane)))
     log.info("listening on %s:%d (models: %s)", settings.host, port, ", ".join(registry.names()) or "none")
     running = RunningServer(server, port, dataplane, health)
-    if metrics is not None:
-        metrics.track(registry.served)
-        metrics.track_inflight_bytes(lambda: dataplane.inflight_bytes)
-        running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
+    if settings.allow_metrics:
+        running.metrics_port = MetricsEndpoint(registry, dataplane, quality).serve(settings.host, settings.metrics_port)
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")
     return running

@@ -8,10 +8,10 @@ import numpy as np
 from .errors import InvalidInput
 
 
-def classify(label: str, name: str, scores: np.ndarray, k: int, labels: tuple[str, ...], batched: bool) -> np.ndarray:
+def classify(where: str, name: str, scores: np.ndarray, k: int, labels: tuple[str, ...], batched: bool) -> np.ndarray:
     """Top-`k` entries of each row of `scores`, best first."""
     if scores.dtype.kind not in "fiub":
-        raise InvalidInput(f"{label}: output '{name}' is not numeric; classification needs scores")
+        raise InvalidInput(f"{where}: output '{name}' is not numeric; classification needs scores")
     if batched and scores.ndim:
         rows = scores.reshape(scores.shape[0], int(np.prod(scores.shape[1:], dtype=np.int64)))
     else:

@@ -12,17 +12,17 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from modelport.client._proto import model_config_pb2 as mc
+from modelport.protocol.generated import model_config_pb2 as mc
+
+from modelport.protocol.datatypes import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG
+from modelport.protocol.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILE, PLATFORM
+from modelport.protocol.types import TensorSpec
 
 from .errors import ModelLoadError
 from .scheduler import BatchingPolicy
-from .signature import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG, Signature, TensorSpec
+from .signature import Signature
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.pbtxt"
-LABELS_FILE = "labels.txt"
-PLATFORM = "onnxruntime_onnx"
 _ACCEPTED_PLATFORMS = {"", PLATFORM}
 _ACCEPTED_BACKENDS = {"", "onnxruntime"}
 
@@ -103,7 +103,7 @@ def model_spec(name: str, config: mc.ModelConfig) -> ModelSpec:
     return ModelSpec(
         name=name,
         max_batch_size=config.max_batch_size,
-        model_filename=config.default_model_filename or "model.onnx",
+        model_filename=config.default_model_filename or MODEL_FILE,
         version_policy=version_policy(config),
         intra_op_threads=_int_param(name, params, "intra_op_thread_count"),
         inter_op_threads=_int_param(name, params, "inter_op_thread_count"),

@@ -1,69 +1,70 @@
-"""The data plane: everything between a decoded request and its outputs.
+"""The data plane: everything between a decoded request and its outputs, in one call.
 
-Find the model and version, check readiness, validate the inputs against the signature, hand
-the request to the model's scheduler, shape the outputs (classification), keep statistics.
-Also the model-repository operations behind the repository RPCs. No protobuf here.
+`infer` finds the model and version, admits the request (pending and in-flight limits), raises
+what the codec found wrong with it, validates it against the signature, hands it to the
+model's scheduler, shapes the outputs (classification), keeps statistics, tells the observers
+and releases what it admitted. Also the model-repository operations behind the repository
+RPCs. No protobuf here.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from modelport.protocol.repository import PLATFORM
+from modelport.protocol.types import (
+    InferenceRequest,
+    InferenceResponse,
+    ModelIndexEntry,
+    ModelMetadata,
+    RequestedOutput,
+    ServerMetadata,
+    Tensor,
+)
+
 from .classification import classify
-from .config import PLATFORM
 from .errors import InvalidInput, ModelNotFound, ModelportError, NotAllowed, QueueFull
-from .metrics import Metrics
-from .quality import QualityMonitor
+from .observers import Inference, Observer
 from .registry import ModelRegistry
-from .runtime import from_ort
-from .signature import TensorSpec
-from .types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
+from .settings import ServerSettings
 from .validation import validate
 from .versions import ModelVersion
 
-@dataclass(frozen=True)
-class Limits:
-    """Request limits (the server settings of the same names)."""
-
-    max_tensor_elements: int = 256 * 1024 * 1024
-    max_pending_requests: int = 4096
-    default_request_timeout: float = 0.0
-    max_inflight_bytes: int = 1024 * 1024 * 1024  # 0: unbounded
-
-
-MAX_CLASSES = 1000  # predicted-class counters are kept for outputs up to this wide
-
-
-def _probabilities(scores: np.ndarray) -> bool:
-    return float(scores.min()) >= 0.0 and float(scores.max()) <= 1.0
-
+log = logging.getLogger(__name__)
 
 # Protocol extensions this server implements (ServerMetadata.extensions).
 EXTENSIONS = ("classification", "model_repository", "model_repository(unload_dependents)", "schedule_policy",
-              "model_configuration", "statistics")
+              "model_configuration", "statistics")  # fmt: skip
 
 
 @dataclass(frozen=True)
-class ServerInfo:
-    """ServerMetadata's answer."""
+class Limits:
+    """Request limits: the server settings of the same names."""
 
-    name: str
-    version: str
-    extensions: tuple[str, ...]
+    max_tensor_elements: int
+    max_pending_requests: int
+    default_request_timeout: float
+    max_inflight_bytes: int  # 0: unbounded
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> Limits:
+        """From the server's settings (ServerSettings.defaults() for the defaults)."""
+        return cls(settings.max_tensor_elements, settings.max_pending_requests, settings.default_request_timeout,
+                   settings.max_inflight_bytes)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """ModelMetadata's answer."""
-
-    name: str
-    versions: tuple[str, ...]
-    platform: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+def package_version() -> str:
+    """modelport's version, as ServerMetadata reports it."""
+    try:
+        return version("modelport")
+    except PackageNotFoundError:
+        return "0.0.0"
 
 
 class DataPlane:
@@ -72,20 +73,21 @@ class DataPlane:
     def __init__(
         self,
         registry: ModelRegistry,
-        version: str,
-        control_mode: str = "none",
-        metrics: Metrics | None = None,
-        quality: QualityMonitor | None = None,
         limits: Limits | None = None,
+        control_mode: str = "none",
+        observers: Sequence[Observer] = (),
+        server_version: str | None = None,
     ) -> None:
         self.registry = registry
-        self.limits = limits or Limits()
-        self._inflight_bytes = 0  # request bytes acquired and not yet released
-        self.metrics = metrics
-        self.quality = quality
-        self._version = version
+        self.limits = limits or Limits.of(ServerSettings.defaults())
         self.control_mode = control_mode
+        self.observers = list(observers)  # told about every successful request, in this order
         self.draining = False  # set on shutdown: readiness turns false, in-flight work finishes
+        self._version = server_version or package_version()
+        self._inflight_bytes = 0  # request bytes admitted and not yet answered
+        self._failed_observers: set[int] = set()
+
+    # ------------------------------------------------------------ health and metadata
 
     def server_live(self) -> bool:
         """The process is up and answering."""
@@ -99,129 +101,98 @@ class DataPlane:
         """Whether this model (version) takes requests; false for unknown ones."""
         return not self.draining and self.registry.is_ready(name, version)
 
-    def server_metadata(self) -> ServerInfo:
+    def server_metadata(self) -> ServerMetadata:
         """Name, version and extensions."""
-        return ServerInfo("modelport", self._version, EXTENSIONS)
+        return ServerMetadata("modelport", self._version, EXTENSIONS)
 
-    def model_metadata(self, name: str, version: str = "") -> ModelInfo:
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         """Signature of a served version (-1 for dynamic dimensions) and all served versions."""
         model = self.registry.get(name, version)
         versions = tuple(str(v) for v in self.registry.versions(name))
-        return ModelInfo(name, versions, PLATFORM, model.signature.inputs, model.signature.outputs)
+        return ModelMetadata(name, versions, PLATFORM, model.signature.inputs, model.signature.outputs)
 
     def model_version(self, name: str, version: str = "") -> ModelVersion:
         """A served version (for its config), without counting a request."""
         return self.registry.get(name, version)
 
-    def check_shapes(self, model: ModelVersion, shapes: list[tuple[str, list[int]]]) -> None:
-        """Refuse tensors larger than the server's limit before anything is allocated for them."""
-        limit = self.limits.max_tensor_elements
-        for name, shape in shapes:
-            count = 1
-            for dim in shape:
-                count *= max(dim, 0)
-            if count > limit:
-                raise InvalidInput(
-                    f"{model.label}: input '{name}' declares shape {shape} ({count} elements); the server's limit is {limit}"
-                )
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of the requests admitted and not yet answered (what --max-inflight-bytes bounds)."""
+        return self._inflight_bytes
 
-    def acquire(self, name: str, version: str = "", nbytes: int = 0) -> ModelVersion:
-        """The version a request of `nbytes` goes to, counted in until `release()`: a swap or
-        unload waits for it. NOT_FOUND / UNAVAILABLE, or RESOURCE_EXHAUSTED when the model's
-        pending requests or the server's bytes in flight are at their limits."""
-        model = self.registry.get(name, version)
-        if self.limits.max_pending_requests and model.in_flight >= self.limits.max_pending_requests:
+    # ------------------------------------------------------------ inference
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Admit, run and release one request. NOT_FOUND / UNAVAILABLE for a model that is not
+        served, RESOURCE_EXHAUSTED past the limits, INVALID_ARGUMENT for what the codec or the
+        signature refuse, and whatever the scheduler or the run end in."""
+        model = self.registry.get(request.model, request.version)
+        start = time.perf_counter_ns()
+        try:
+            self._admit(model, request.nbytes)
+        except ModelportError as exc:
+            model.stats.record_failure(time.perf_counter_ns() - start, exc.code.name)
+            raise
+        try:
+            return await self._run(model, request, start)
+        finally:
+            self._inflight_bytes -= request.nbytes
+            model.release()
+
+    def _admit(self, model: ModelVersion, nbytes: int) -> None:
+        """Count the request in (a swap or unload of `model` waits for it), or refuse it when the
+        model's pending requests or the server's bytes in flight are at their limits."""
+        limits = self.limits
+        if limits.max_pending_requests and model.in_flight >= limits.max_pending_requests:
             raise QueueFull(
-                f"{model.label}: {model.in_flight} requests are already pending (limit {self.limits.max_pending_requests}); retry later"
+                f"{model.where}: {model.in_flight} requests are already pending (limit {limits.max_pending_requests}); retry later"
             )
         # Back-pressure on memory: a flood of large requests is refused, not queued (the refused
         # request's bytes are freed at once).
-        limit = self.limits.max_inflight_bytes
-        if limit and self._inflight_bytes and self._inflight_bytes + nbytes > limit:
+        if limits.max_inflight_bytes and self._inflight_bytes and self._inflight_bytes + nbytes > limits.max_inflight_bytes:
             raise QueueFull(
-                f"{model.label}: the server holds {self._inflight_bytes} bytes of requests in flight and this one "
-                f"has {nbytes} (limit {limit}, --max-inflight-bytes); retry later"
+                f"{model.where}: the server holds {self._inflight_bytes} bytes of requests in flight and this one "
+                f"has {nbytes} (limit {limits.max_inflight_bytes}, --max-inflight-bytes); retry later"
             )
         self._inflight_bytes += nbytes
-        return model.acquire()
+        model.acquire()
 
-    @property
-    def inflight_bytes(self) -> int:
-        """Bytes of the requests acquired and not yet released (what --max-inflight-bytes bounds)."""
-        return self._inflight_bytes
-
-    def release(self, model: ModelVersion, nbytes: int = 0) -> None:
-        """The request that acquired `model` (with `nbytes`) is answered."""
-        self._inflight_bytes -= nbytes
-        model.release()
-
-    async def infer(self, model: ModelVersion, request: InferenceRequest) -> InferenceResponse:
-        """Validate and run one request on `model` (acquired by the caller)."""
-        start = time.perf_counter_ns()
+    async def _run(self, model: ModelVersion, request: InferenceRequest, start: int) -> InferenceResponse:
         if request.deadline is None and self.limits.default_request_timeout:
             request.deadline = time.monotonic() + self.limits.default_request_timeout
         try:
-            validate(model.label, model.signature, model.spec.max_batch_size, request)
-            wanted = request.outputs or [RequestedOutput(t.name) for t in model.signature.outputs]
+            if request.error:
+                raise InvalidInput(f"{model.where}: {request.error}")
+            validate(model.where, model.signature, model.spec.max_batch_size, request)
+            wanted = request.outputs or model.default_outputs
             results, timing = await model.scheduler.submit(request.inputs, [w.name for w in wanted], request.deadline)
             output_start = time.perf_counter_ns()
-            outputs = self._shape_outputs(model, wanted, results)
+            outputs = _shape_outputs(model, wanted, results)
             output_ns = time.perf_counter_ns() - output_start
         except ModelportError as exc:
             model.stats.record_failure(time.perf_counter_ns() - start, exc.code.name)
             raise
         rows = next(iter(request.inputs.values()))[1].shape[0] if model.spec.max_batch_size > 0 else 1
-        total_ns = time.perf_counter_ns() - start
-        model.stats.record_success(total_ns, timing, output_ns, rows)
+        model.stats.record_success(time.perf_counter_ns() - start, timing, output_ns, rows)
         model.stats.record_output(timing.batch_size, output_ns)
-        if request.id and self.quality is not None:
-            self._remember(model, request.id, results)
-        if model.drift is not None:
-            model.drift.observe(request.inputs)
-        if model.drift is not None and model.drift.sampled:
-            self._count_classes(model, results)
+        if self.observers:
+            self._observe(Inference(model, request, results, model.sampler.tick()))
         return InferenceResponse(model.name, str(model.version), request.id, outputs)
 
-    def _remember(self, model: ModelVersion, request_id: str, results: dict) -> None:
-        """Keep the predicted classes (from the model's first output) for labelled feedback."""
-        first = next((t.name for t in model.signature.outputs if t.name in results), None)
-        spec = model.signature.output(first) if first else None
-        if spec is not None and spec.datatype not in ("BYTES", "BF16"):
-            self.quality.remember(model.name, request_id, np.asarray(results[first]))
+    def _observe(self, inference: Inference) -> None:
+        """Tell every observer; one that fails never fails the request (its first failure is
+        logged with the traceback, later ones at debug level)."""
+        for observer in self.observers:
+            try:
+                observer.observe(inference)
+            except Exception:
+                if id(observer) in self._failed_observers:
+                    log.debug("observer %s failed again", type(observer).__name__, exc_info=True)
+                else:
+                    self._failed_observers.add(id(observer))
+                    log.exception("observer %s failed; the request was answered", type(observer).__name__)
 
-    def _count_classes(self, model: ModelVersion, results: dict) -> None:
-        """The distribution of predicted classes, for classifier-shaped first outputs ([N, C]
-        scores, or [N, 1] probabilities). On the hot path: a few numpy calls, no Python loop."""
-        spec = model.signature.outputs[0]
-        scores = results.get(spec.name)
-        if scores is None or scores.ndim != 2 or scores.dtype.kind != "f" or not scores.shape[0]:
-            return
-        width = scores.shape[1]
-        if width == 1:
-            if not _probabilities(scores):
-                return  # a regression output
-            positive = int(np.count_nonzero(scores > 0.5))  # as evaluate and Keras count class 1
-            counts: tuple[int, ...] | np.ndarray = (scores.shape[0] - positive, positive)
-        elif width <= MAX_CLASSES:
-            counts = np.bincount(scores.argmax(axis=1), minlength=width)
-        else:
-            return
-        model.stats.record_classes(counts)
-
-    @staticmethod
-    def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: dict) -> dict[str, Tensor]:
-        outputs: dict[str, Tensor] = {}
-        for want in wanted:
-            spec = model.signature.output(want.name)
-            array = from_ort(spec.datatype, np.asarray(results[want.name]))
-            if want.class_count:
-                # Rows are examples when the model batches, or when the first dimension is free.
-                batched = model.spec.max_batch_size > 0 or (len(spec.shape) > 1 and spec.shape[0] == -1)
-                array = classify(model.label, want.name, array, want.class_count, spec.labels, batched)
-                outputs[want.name] = ("BYTES", array)
-            else:
-                outputs[want.name] = (spec.datatype, array)
-        return outputs
+    # ------------------------------------------------------------ statistics and repository
 
     def statistics(self, name: str = "", version: str = "") -> list[ModelVersion]:
         """Served versions whose statistics are asked for ('' = all models / all versions)."""
@@ -233,10 +204,10 @@ class DataPlane:
             self.registry.get(name)  # raises the right NOT_FOUND / UNAVAILABLE
         return [self.registry.get(name, str(v)) for v in self.registry.versions(name)]
 
-    def repository_index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
-        """(name, version, state, reason) of every model folder and version."""
-        rows = self.registry.index()
-        return [row for row in rows if row[2] == "READY"] if ready_only else rows
+    def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        """Every model folder and version with its state (and why, when it is not READY)."""
+        rows = [ModelIndexEntry(*row) for row in self.registry.index()]
+        return [row for row in rows if row.state == "READY"] if ready_only else rows
 
     async def load_model(self, name: str) -> None:
         """RepositoryModelLoad: explicit mode only, as in Triton."""
@@ -256,3 +227,18 @@ class DataPlane:
                 f"explicit model {what} is not allowed with --model-control-mode {self.control_mode}; "
                 "start the server with --model-control-mode explicit"
             )
+
+
+def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: dict[str, np.ndarray]) -> dict[str, Tensor]:
+    """The requested outputs as the caller gets them: as computed, or top-k classes."""
+    outputs: dict[str, Tensor] = {}
+    for want in wanted:
+        spec = model.signature.output(want.name)
+        array = results[want.name]
+        if want.class_count:
+            # Rows are examples when the model batches, or when the first dimension is free.
+            batched = model.spec.max_batch_size > 0 or (len(spec.shape) > 1 and spec.shape[0] == -1)
+            outputs[want.name] = ("BYTES", classify(model.where, want.name, array, want.class_count, spec.labels, batched))
+        else:
+            outputs[want.name] = (spec.datatype, array)
+    return outputs

@@ -23,11 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from modelport.protocol.repository import CONVERSION_FILE
+
+from .observers import Inference
+
 log = logging.getLogger(__name__)
 
 BLOCKS = 10
 MAX_Z = 10.0
-REFERENCE_FILE = "conversion.json"
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Reference:
 
 def read_references(version_dir: Path) -> dict[str, Reference]:
     """Per-input reference statistics from `<version>/conversion.json` ({} when absent)."""
-    path = version_dir / REFERENCE_FILE
+    path = version_dir / CONVERSION_FILE
     if not path.is_file():
         return {}
     try:
@@ -89,25 +92,25 @@ class InputDrift:
 
 
 class DriftTracker:
-    """Drift of every input of one model version that has reference statistics, fed one
-    request in `every` (the sampling rate)."""
+    """Drift of every input of one model version that has reference statistics."""
 
-    def __init__(self, references: dict[str, Reference], window: int, sample_rate: float) -> None:
+    def __init__(self, references: dict[str, Reference], window: int) -> None:
         self.inputs = {name: InputDrift(ref, window) for name, ref in references.items()}
-        self._every = max(1, round(1 / sample_rate)) if sample_rate > 0 else 0
-        self._seen = 0
-        self.sampled = False  # whether the last observed request was sampled (class counting follows it)
 
     def observe(self, inputs: dict) -> None:
-        """Called with each successful request's inputs {name: (datatype, array)}."""
-        self.sampled = False
-        if not self._every:
-            return
-        self._seen += 1
-        if self._seen % self._every:
-            return
-        self.sampled = True
+        """Account one request's inputs {name: (datatype, array)}."""
         for name, drift in self.inputs.items():
             tensor = inputs.get(name)
             if tensor is not None and tensor[1].ndim:
                 drift.add(tensor[1])
+
+
+class DriftObserver:
+    """Feeds sampled requests to their version's DriftTracker (versions without reference
+    statistics have none)."""
+
+    def observe(self, inference: Inference) -> None:
+        """Account a sampled request's inputs."""
+        drift = inference.version.drift
+        if inference.sampled and drift is not None and drift.inputs:
+            drift.observe(inference.request.inputs)

@@ -1,12 +1,22 @@
 """Domain errors and the one place where they become gRPC status codes.
 
-The data plane raises these; the servicer maps them. Messages name the model, the tensor and
-what was expected, because that message is all a remote caller sees.
+The data plane raises these; `rpc_errors` maps them for every servicer. Messages name the model,
+the tensor and what was expected, because that message is all a remote caller sees.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import grpc
+
+from .logs import event
+
+log = logging.getLogger("modelport.server.servicer")
+R = TypeVar("R")
 
 
 class ModelportError(Exception):
@@ -67,8 +77,34 @@ class InferenceFailed(ModelportError):
     code = grpc.StatusCode.INTERNAL
 
 
+class Unimplemented(ModelportError):
+    """An RPC the protocol declares and modelport does not implement."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a caller receives for `exc`."""
     if isinstance(exc, ModelportError):
         return exc.code, exc.message
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def rpc_errors(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Run a unary RPC handler, turning any error into a status with a clear message: a domain
+    error is logged in one line; anything else is a bug, logged with its traceback, and the
+    caller gets INTERNAL while the server keeps serving."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await method(self, request, context)
+        except ModelportError as exc:
+            code, message = status_of(exc)
+            event(log, logging.INFO, "request_failed", rpc=method.__name__, code=code.name, message=message)
+        except Exception as exc:
+            code, message = status_of(exc)
+            log.exception("request failed unexpectedly: rpc=%s", method.__name__)
+        await context.abort(code, message)
+
+    return wrapper

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import logging
+from modelport.protocol.generated import feedback_pb2 as fb
+from modelport.protocol.generated import feedback_pb2_grpc as fb_grpc
 
-from modelport.client._proto import feedback_pb2 as fb
-from modelport.client._proto import feedback_pb2_grpc as fb_grpc
-
-from .errors import InvalidInput
+from .errors import InvalidInput, rpc_errors
 from .quality import QualityMonitor
-from .servicer import _rpc
-
-log = logging.getLogger(__name__)
 
 
 class FeedbackServicer(fb_grpc.FeedbackServicer):
@@ -20,7 +15,7 @@ class FeedbackServicer(fb_grpc.FeedbackServicer):
     def __init__(self, monitor: QualityMonitor) -> None:
         self._monitor = monitor
 
-    @_rpc
+    @rpc_errors
     async def ReportLabel(self, request: fb.ReportLabelRequest, context) -> fb.ReportLabelResponse:
         if not request.model_name or not request.id or not request.labels:
             raise InvalidInput("ReportLabel needs model_name, id and at least one label")

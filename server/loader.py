@@ -12,49 +12,63 @@ from pathlib import Path
 
 import numpy as np
 
-from modelport.client._proto import model_config_pb2 as mc
+from modelport.protocol import codec
+from modelport.protocol.datatypes import CONFIG_TO_DATATYPE, random_array, zeros
+from modelport.protocol.generated import model_config_pb2 as mc
 
 from . import config as cfg
-from .cpus import intra_op_threads
+from .cpus import intra_op_threads, usable_cpus
 from .drift import DriftTracker, read_references
 from .errors import ModelLoadError, ModelportError
 from .logs import event
+from .observers import Sampler
+from .repository import version_stamp
 from .runtime import OnnxModel, SessionOptions
 from .scheduler import BatchingScheduler, DirectScheduler, Instance, rows_of
-from .signature import CONFIG_TO_DATATYPE, Signature
+from .settings import ServerSettings
+from .signature import Signature
 from .statistics import VersionStats
-from .versions import ModelVersion, fingerprint
+from .versions import ModelVersion
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoaderSettings:
-    """Server-wide facts every model's sessions depend on."""
+    """Server-wide facts every model's sessions depend on: the server settings of the same
+    names, and the CPUs this process may use."""
 
-    providers: tuple[str, ...] = ("cpu",)
-    device_id: int = 0
-    workers: int = 1
-    cpus: int = 1
-    drift_window: int = 1000
-    drift_sample_rate: float = 1.0
+    providers: tuple[str, ...]
+    device_id: int
+    workers: int
+    cpus: int
+    drift_window: int
+    drift_sample_rate: float
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> LoaderSettings:
+        """From the server's settings (ServerSettings.defaults() for the defaults)."""
+        return cls(
+            settings.execution_providers, settings.device_id, settings.workers, usable_cpus(),
+            settings.drift_window, settings.drift_sample_rate,
+        )  # fmt: skip
 
 
 def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: LoaderSettings) -> ModelVersion:
     """Load, check against the config, and warm up; ModelLoadError with the reason otherwise."""
-    label = f"model '{spec.name}' version {version}"
+    where = f"model '{spec.name}' version {version}"
     path = model_dir / str(version) / spec.model_filename
     if not path.is_file():
-        raise ModelLoadError(f"{label}: {path} does not exist")
-    stamp = fingerprint(model_dir, version, spec.model_filename)
-    models = [OnnxModel(path, _options(spec, kind, settings), label) for kind in spec.instances]
+        raise ModelLoadError(f"{where}: {path} does not exist")
+    stamp = version_stamp(model_dir, version)
+    models = [OnnxModel(path, _options(spec, kind, settings), where) for kind in spec.instances]
     config, signature = cfg.complete(spec, models[0].signature, model_dir, version)
     instances = []
     for i, model in enumerate(models):
-        timed = warm_up(label, model_dir, config, signature, spec.max_batch_size, model)
+        timed = warm_up(where, model_dir, config, signature, spec.max_batch_size, model)
         if _needs_one_thread(spec, model, timed):
-            model = OnnxModel(path, replace(model.options, intra_op_threads=1), label)
-            timed = warm_up(label, model_dir, config, signature, spec.max_batch_size, model)
+            model = OnnxModel(path, replace(model.options, intra_op_threads=1), where)
+            timed = warm_up(where, model_dir, config, signature, spec.max_batch_size, model)
             if i == 0:
                 event(log, logging.INFO, "model_threads", model=spec.name, version=version, intra_op_threads=1,
                       reason="a warmup run takes under 1 ms: too short to share among threads")
@@ -63,15 +77,16 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
             one_row = _time_one_row(signature, model) if timed[1] > 1 and spec.max_batch_size > 0 else None
             instance.expect(*timed, one_row)
         if spec.batching is not None and spec.batching.pads(instance.on_gpu):
-            _warm_pad_sizes(label, signature, spec.batching.pad_sizes(), model)
+            _warm_pad_sizes(where, signature, spec.batching.pad_sizes(), model)
         instances.append(instance)
     stats = VersionStats()
     if spec.batching is None:
-        scheduler: DirectScheduler | BatchingScheduler = DirectScheduler(label, instances, stats)
+        scheduler: DirectScheduler | BatchingScheduler = DirectScheduler(where, instances, stats)
     else:
-        scheduler = BatchingScheduler(label, instances, stats, spec.batching, [t.name for t in signature.outputs])
-    drift = DriftTracker(read_references(model_dir / str(version)), settings.drift_window, settings.drift_sample_rate)
-    return ModelVersion(spec.name, version, spec, config, signature, scheduler, stats, stamp, drift)
+        scheduler = BatchingScheduler(where, instances, stats, spec.batching, [t.name for t in signature.outputs])
+    drift = DriftTracker(read_references(model_dir / str(version)), settings.drift_window)
+    sampler = Sampler(settings.drift_sample_rate)
+    return ModelVersion(spec.name, version, spec, config, signature, scheduler, stats, stamp, sampler, drift)
 
 
 # Below this run time a model gains nothing from intra-op threads: waking them costs more than the
@@ -103,7 +118,7 @@ def _options(spec: cfg.ModelSpec, kind: str, settings: LoaderSettings) -> Sessio
 
 
 def warm_up(
-    label: str, model_dir: Path, config: mc.ModelConfig, signature: Signature, max_batch_size: int, model: OnnxModel
+    where: str, model_dir: Path, config: mc.ModelConfig, signature: Signature, max_batch_size: int, model: OnnxModel
 ) -> tuple[float, int] | None:
     """Run the config's model_warmup samples, or zeros at the largest batch when it has none;
     return the median run time in seconds and the rows of the sample that took it (None when
@@ -112,12 +127,12 @@ def warm_up(
     A configured warmup that fails fails the load. The default one is skipped when the model has
     free dimensions besides the batch one, since no shape can be guessed that it surely accepts.
     """
-    samples = [(w.name or f"warmup {i}", max(w.count, 1), _warmup_inputs(label, model_dir, w, max_batch_size))
+    samples = [(w.name or f"warmup {i}", max(w.count, 1), _warmup_inputs(where, model_dir, w, max_batch_size))
                for i, w in enumerate(config.model_warmup)]
     if not samples:
         default = _default_inputs(signature, max_batch_size)
         if default is None:
-            log.info("%s: no default warmup (dimensions besides the batch are free)", label)
+            log.info("%s: no default warmup (dimensions besides the batch are free)", where)
             return None
         samples = [("default zeros", 5, default)]
     outputs = [t.name for t in signature.outputs]
@@ -128,7 +143,7 @@ def warm_up(
             try:
                 model.run(inputs, outputs)
             except ModelportError as exc:
-                raise ModelLoadError(f"{label}: warmup '{name}' failed: {exc}") from exc
+                raise ModelLoadError(f"{where}: warmup '{name}' failed: {exc}") from exc
             times.append((time.perf_counter() - start, rows_of(inputs)))
     kept = sorted(times[1:] or times)  # the first run includes one-off allocation
     return kept[len(kept) // 2]
@@ -141,14 +156,14 @@ def _time_one_row(signature: Signature, model: OnnxModel, runs: int = 5) -> floa
     return None if times is None else sorted(times[1:])[runs // 2]
 
 
-def _warm_pad_sizes(label: str, signature: Signature, sizes: tuple[int, ...], model: OnnxModel) -> None:
+def _warm_pad_sizes(where: str, signature: Signature, sizes: tuple[int, ...], model: OnnxModel) -> None:
     """Run each size padded batches use once, so no request pays for a first shape."""
     for size in sizes:
         try:
             if _run_zeros(signature, model, size) is None:
                 return  # free dimensions besides the batch: no shape to guess
         except ModelportError as exc:
-            raise ModelLoadError(f"{label}: warmup at padded batch size {size} failed: {exc}") from exc
+            raise ModelLoadError(f"{where}: warmup at padded batch size {size} failed: {exc}") from exc
 
 
 def _run_zeros(signature: Signature, model: OnnxModel, rows: int, runs: int = 1) -> list[float] | None:
@@ -175,55 +190,32 @@ def _default_inputs(signature: Signature, max_batch_size: int) -> dict | None:
             shape[0] = 1  # a free first dimension is the batch one in practice
         if -1 in shape:
             return None
-        inputs[spec.name] = (spec.datatype, _zeros(spec.datatype, shape))
+        inputs[spec.name] = (spec.datatype, zeros(spec.datatype, shape))
     return inputs
 
 
-def _warmup_inputs(label: str, model_dir: Path, warmup: mc.ModelWarmup, max_batch_size: int) -> dict:
+def _warmup_inputs(where: str, model_dir: Path, warmup: mc.ModelWarmup, max_batch_size: int) -> dict:
     inputs = {}
     rng = np.random.default_rng(0)
     for name, spec in warmup.inputs.items():
         datatype = CONFIG_TO_DATATYPE.get(mc.DataType.Name(spec.data_type))
         if datatype is None:
-            raise ModelLoadError(f"{label}: warmup input '{name}' has no data_type")
+            raise ModelLoadError(f"{where}: warmup input '{name}' has no data_type")
         shape = ([max(warmup.batch_size, 1)] if max_batch_size > 0 else []) + list(spec.dims)
         kind = spec.WhichOneof("input_data_type")
         if kind == "random_data":
-            data = _random(rng, datatype, shape)
+            data = random_array(datatype, shape, rng, int_range=(0, 2))  # small: integers may be indices
         elif kind == "input_data_file":
-            data = _from_file(label, model_dir / "warmup" / spec.input_data_file, datatype, shape)
+            data = _from_file(where, model_dir / "warmup" / spec.input_data_file, datatype, shape)
         else:
-            data = _zeros(datatype, shape)
+            data = zeros(datatype, shape)
         inputs[name] = (datatype, data)
     return inputs
 
 
-def _zeros(datatype: str, shape: list[int]) -> np.ndarray:
-    from modelport.client.codec import NUMPY_DTYPES
-
-    if datatype == "BYTES":
-        return np.full(shape, b"", dtype=object)
-    return np.zeros(shape, dtype=NUMPY_DTYPES[datatype])
-
-
-def _random(rng: np.random.Generator, datatype: str, shape: list[int]) -> np.ndarray:
-    from modelport.client.codec import NUMPY_DTYPES
-
-    if datatype == "BYTES":
-        return np.full(shape, b"x", dtype=object)
-    dtype = NUMPY_DTYPES[datatype]
-    if dtype.kind == "f":
-        return rng.random(shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.random(shape) > 0.5
-    return rng.integers(0, 2, size=shape).astype(dtype)
-
-
-def _from_file(label: str, path: Path, datatype: str, shape: list[int]) -> np.ndarray:
+def _from_file(where: str, path: Path, datatype: str, shape: list[int]) -> np.ndarray:
     """Triton's input_data_file: raw bytes in the protocol's layout, in <model>/warmup/."""
-    from modelport.client import codec
-
     try:
         return codec.from_raw(path.read_bytes(), datatype, shape, f"warmup file {path.name}")
     except (OSError, codec.CodecError) as exc:
-        raise ModelLoadError(f"{label}: {exc}") from exc
+        raise ModelLoadError(f"{where}: {exc}") from exc

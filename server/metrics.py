@@ -1,7 +1,11 @@
 """Prometheus metrics, on an injected registry (no global state), served on --metrics-port.
 
-Names follow Triton's nv_inference_* in spirit with our own prefix. Durations are histograms,
-not averaged gauges, so `rate()` over them (and an HPA on queue time) sees what really happened.
+Collectors only read: the request path adds to each version's VersionStats (plain numbers, no
+locks, no metric objects), the model registry keeps states and load-failure counts, online
+quality keeps its counters and latest scores, drift keeps its windows, and the data plane its
+bytes in flight; all of it becomes Prometheus families when Prometheus scrapes. Names follow
+Triton's nv_inference_* in spirit with our own prefix. Durations are histograms, not averaged
+gauges, so `rate()` over them (and an HPA on queue time) sees what really happened.
 """
 
 from __future__ import annotations
@@ -9,90 +13,116 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .quality import Scores
 from .statistics import LATENCY_BUCKETS_S
+
+if TYPE_CHECKING:
+    from .dataplane import DataPlane
+    from .quality import QualityMonitor
+    from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 LABELS = ("model", "version")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 STATES = ("READY", "LOADING", "UNLOADING", "UNAVAILABLE")
+QUALITY = (("accuracy", "accuracy"), ("precision", "macro precision"), ("recall", "macro recall"), ("f1", "macro F1"),
+           ("window", "number of labelled rows in"))  # fmt: skip
 
 
-class Metrics:
-    """Every metric the server exports, registered on `registry`.
+class MetricsEndpoint:
+    """Every metric the server exports, read from the parts that keep them."""
 
-    Per-request serving metrics are not prometheus_client objects: the request path adds to each
-    version's VersionStats (plain numbers, no locks), and `_ServingCollector` turns them into
-    counters and histograms when Prometheus scrapes. Model state, load failures and online
-    quality change rarely and use prometheus_client directly.
-    """
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
-        r = self.registry
-        self.state = Gauge("modelport_model_state", "1 for the state a model version is in", (*LABELS, "state"), registry=r)
-        self.load_failures = Counter(
-            "modelport_model_load_failures", "Model version loads that failed (reason in RepositoryIndex and the log)",
-            LABELS, registry=r,
-        )
-        quality = ("model",)
-        self.quality_gauges = {
-            name: Gauge(f"modelport_quality_{name}", f"Rolling {doc} over the labelled-feedback window", quality, registry=r)
-            for name, doc in (("accuracy", "accuracy"), ("precision", "macro precision"), ("recall", "macro recall"),
-                              ("f1", "macro F1"), ("window", "number of labelled rows in"))
-        }
-        self.feedback_labels = Counter("modelport_feedback_labels", "Labelled rows paired with a prediction", quality, registry=r)
-        self.feedback_unknown = Counter(
-            "modelport_feedback_unknown", "Label reports for ids not waiting (unknown, expired or repeated)", quality, registry=r
-        )
-
-    def set_state(self, model: str, version: str, state: str) -> None:
-        """The state gauge: 1 for `state`, 0 for the others."""
-        for name in STATES:
-            self.state.labels(model, version, name).set(1 if name == state else 0)
-
-    def load_failed(self, model: str, version: int) -> None:
-        """A version failed to load."""
-        self.load_failures.labels(model, str(version)).inc()
-
-    def quality(self, model: str, scores: Scores, rows: int) -> None:
-        """New rolling quality after a label report of `rows` rows."""
-        self.feedback_labels.labels(model).inc(rows)
-        for name, value in (("accuracy", scores.accuracy), ("precision", scores.precision), ("recall", scores.recall),
-                            ("f1", scores.f1), ("window", scores.count)):
-            self.quality_gauges[name].labels(model).set(value)
-
-    def feedback_unknown_id(self, model: str) -> None:
-        """A label report whose id was not waiting."""
-        self.feedback_unknown.labels(model).inc()
-
-    def track(self, served: Callable[[], Iterable]) -> None:
-        """Export serving statistics and drift of the versions `served()` returns, at scrape time."""
-        self.registry.register(_ServingCollector(served))
-        self.registry.register(_DriftCollector(served))
-
-    def track_inflight_bytes(self, read: Callable[[], int]) -> None:
-        """modelport_inflight_request_bytes: what --max-inflight-bytes bounds, read at scrape time."""
-        Gauge(
-            "modelport_inflight_request_bytes", "Bytes of the requests the server holds (queued or running)",
-            registry=self.registry,
-        ).set_function(read)
+    def __init__(
+        self, registry: ModelRegistry, dataplane: DataPlane, quality: QualityMonitor,
+        collectors: CollectorRegistry | None = None,
+    ) -> None:  # fmt: skip
+        self.collectors = collectors or CollectorRegistry()
+        ProcessCollector(registry=self.collectors)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        for collector in (
+            _ServingCollector(registry.served), _DriftCollector(registry.served), _RegistryCollector(registry),
+            _QualityCollector(quality), _InflightCollector(dataplane),
+        ):  # fmt: skip
+            self.collectors.register(collector)
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on a background thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        server, _thread = start_http_server(port, addr=host, registry=self.collectors)
         bound = server.server_address[1]
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
+
+
+class _RegistryCollector(Collector):
+    """modelport_model_state and modelport_model_load_failures_total, read from the registry."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    def collect(self):
+        state = GaugeMetricFamily("modelport_model_state", "1 for the state a model version is in",
+                                  labels=(*LABELS, "state"))  # fmt: skip
+        for entry in self._registry.entries():
+            for version, current in list(entry.states.items()):
+                for name in STATES:
+                    state.add_metric([entry.name, str(version), name], 1 if name == current.state else 0)
+        failures = CounterMetricFamily(
+            "modelport_model_load_failures", "Model version loads that failed (reason in RepositoryIndex and the log)",
+            labels=LABELS,
+        )
+        for (model, version), count in sorted(list(self._registry.load_failures.items())):
+            failures.add_metric([model, str(version)], count)
+        yield state
+        yield failures
+
+
+class _QualityCollector(Collector):
+    """Online quality per model: rolling scores after the last label report, and the counters."""
+
+    def __init__(self, quality: QualityMonitor) -> None:
+        self._quality = quality
+
+    def collect(self):
+        gauges = {
+            name: GaugeMetricFamily(f"modelport_quality_{name}", f"Rolling {doc} over the labelled-feedback window",
+                                    labels=("model",))
+            for name, doc in QUALITY
+        }  # fmt: skip
+        labelled = CounterMetricFamily("modelport_feedback_labels", "Labelled rows paired with a prediction",
+                                       labels=("model",))  # fmt: skip
+        unknown = CounterMetricFamily(
+            "modelport_feedback_unknown", "Label reports for ids not waiting (unknown, expired or repeated)",
+            labels=("model",),
+        )
+        for model, window in sorted(self._quality.windows().items()):
+            labelled.add_metric([model], window.labelled)
+            unknown.add_metric([model], window.unknown)
+            scores = window.latest
+            if scores is not None:
+                for name, value in (("accuracy", scores.accuracy), ("precision", scores.precision),
+                                    ("recall", scores.recall), ("f1", scores.f1), ("window", scores.count)):
+                    gauges[name].add_metric([model], value)  # fmt: skip
+        yield from gauges.values()
+        yield labelled
+        yield unknown
+
+
+class _InflightCollector(Collector):
+    """modelport_inflight_request_bytes: what --max-inflight-bytes bounds."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    def collect(self):
+        yield GaugeMetricFamily("modelport_inflight_request_bytes", "Bytes of the requests the server holds "
+                                "(queued or running)", value=self._dataplane.inflight_bytes)  # fmt: skip
 
 
 class _ServingCollector(Collector):

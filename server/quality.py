@@ -3,40 +3,28 @@ clients report later, and rolling accuracy / precision / recall / F1 over the la
 
 Memory is bounded twice: at most `max_pending` ids wait for a label per model (the oldest are
 forgotten), and at most `window` (prediction, label) pairs are kept. Labels for ids that are not
-waiting are counted, not stored.
+waiting are counted, not stored. The Prometheus collector reads the counters and the latest
+scores kept here; nothing here calls into metrics.
 """
 
 from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from modelport.client.evaluate import compute_metrics, decode_predictions
+from modelport.protocol.classes import predicted_classes
+from modelport.protocol.scoring import classification_report
 
 from .errors import InvalidInput
+from .observers import Inference
 
-if TYPE_CHECKING:
-    from .metrics import Metrics
-
-
-def predicted_classes(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Class per row, read as `modelport evaluate` reads it (so online and offline numbers agree):
-    integer outputs are classes, one column of scores is a sigmoid (> threshold is class 1), several
-    columns are per-class scores (argmax). Outputs of other shapes are flattened per row first."""
-    array = np.asarray(scores)
-    if array.ndim and array.shape[0] == 0:
-        return np.empty(0, dtype=np.int64)
-    rows = array.reshape(array.shape[0] if array.ndim else 1, -1)
-    if rows.dtype.kind in "biu":
-        rows = rows[:, :1]
-    return decode_predictions(rows, threshold).labels
+UNREADABLE = ("BYTES", "BF16")  # outputs online quality cannot read classes from
 
 
 @dataclass(frozen=True)
-class Scores:
+class WindowQuality:
     """Rolling quality over the window: accuracy and macro precision/recall/F1 over the classes
     seen in it (scikit-learn's definitions, zero_division=0)."""
 
@@ -47,23 +35,27 @@ class Scores:
     f1: float
 
 
-def scores(predicted: np.ndarray, truth: np.ndarray) -> Scores:
+def window_quality(predicted: np.ndarray, truth: np.ndarray) -> WindowQuality:
     """Accuracy and macro precision/recall/F1 of `predicted` against `truth`."""
     if len(truth) == 0:
-        return Scores(0, 0.0, 0.0, 0.0, 0.0)
-    m = compute_metrics(truth, predicted)
-    return Scores(m.n, m.accuracy, m.macro.precision, m.macro.recall, m.macro.f1)
+        return WindowQuality(0, 0.0, 0.0, 0.0, 0.0)
+    report = classification_report(truth, predicted)
+    return WindowQuality(report.n, report.accuracy, report.macro.precision, report.macro.recall, report.macro.f1)
 
 
 class QualityWindow:
-    """One model's waiting predictions and its window of labelled pairs."""
+    """One model's waiting predictions, its window of labelled pairs and its counters."""
 
     def __init__(self, window: int, max_pending: int) -> None:
         self._pending: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         self._max_pending = max_pending
         self._predicted: collections.deque[int] = collections.deque(maxlen=window)
         self._truth: collections.deque[int] = collections.deque(maxlen=window)
-        self.unknown = 0
+        self.unknown = 0  # reports for ids that were not waiting
+        self.labelled = 0  # labelled rows paired with a prediction
+        # The scores after the last paired report, replaced whole: the metrics thread reads it
+        # while the event loop changes the window, so it never reads the deques themselves.
+        self.latest: WindowQuality | None = None
 
     def remember(self, request_id: str, classes: np.ndarray) -> None:
         """Keep the predicted classes of a request until its labels arrive."""
@@ -84,41 +76,51 @@ class QualityWindow:
         del self._pending[request_id]
         self._predicted.extend(int(c) for c in classes)
         self._truth.extend(int(c) for c in labels)
+        self.labelled += len(labels)
+        self.latest = self.scores()
         return True
 
-    def scores(self) -> Scores:
+    def scores(self) -> WindowQuality:
         """Quality over the current window."""
-        return scores(np.fromiter(self._predicted, np.int64), np.fromiter(self._truth, np.int64))
+        return window_quality(np.fromiter(self._predicted, np.int64), np.fromiter(self._truth, np.int64))
 
 
 class QualityMonitor:
-    """A QualityWindow per model, feeding the quality metrics."""
+    """A QualityWindow per model; an observer that remembers the predictions of requests that
+    carry an id (read from the model's first output, as `modelport evaluate` reads it)."""
 
-    def __init__(self, window: int, max_pending: int, metrics: "Metrics | None") -> None:
+    def __init__(self, window: int, max_pending: int) -> None:
         self._window, self._max_pending = window, max_pending
         self._models: dict[str, QualityWindow] = {}
-        self._metrics = metrics
+
+    def windows(self) -> dict[str, QualityWindow]:
+        """Every model's window by name (a copy: the metrics thread iterates it)."""
+        return dict(self._models)
+
+    def observe(self, inference: Inference) -> None:
+        """Remember the predicted classes of a request that carries an id."""
+        if not inference.request.id:
+            return
+        version = inference.version
+        first = next((t for t in version.signature.outputs if t.name in inference.results), None)
+        if first is not None and first.datatype not in UNREADABLE:
+            self.remember(version.name, inference.request.id, np.asarray(inference.results[first.name]))
 
     def remember(self, model: str, request_id: str, scores: np.ndarray) -> None:
-        """Called for each successful request that carries an id."""
-        window = self._models.get(model)
-        if window is None:
-            window = self._models[model] = QualityWindow(self._window, self._max_pending)
-        window.remember(request_id, predicted_classes(scores))
+        """Keep the classes `scores` predict until the request's labels are reported."""
+        self._window_of(model).remember(request_id, predicted_classes(scores))
 
     def report(self, model: str, request_id: str, labels: list[int]) -> bool:
         """Pair labels with a remembered prediction; False when the id is not waiting."""
-        window = self._models.get(model)
-        if window is None:
-            window = self._models[model] = QualityWindow(self._window, self._max_pending)
-        paired = window.report(request_id, np.asarray(labels, dtype=np.int64))
+        paired = self._window_of(model).report(request_id, np.asarray(labels, dtype=np.int64))
         if paired is None:
             raise InvalidInput(
                 f"model '{model}': request '{request_id}' had a different number of rows than the {len(labels)} labels"
             )
-        if self._metrics is not None:
-            if paired:
-                self._metrics.quality(model, window.scores(), len(labels))
-            else:
-                self._metrics.feedback_unknown_id(model)
         return paired
+
+    def _window_of(self, model: str) -> QualityWindow:
+        window = self._models.get(model)
+        if window is None:
+            window = self._models[model] = QualityWindow(self._window, self._max_pending)
+        return window

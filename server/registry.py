@@ -15,14 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelport.protocol.repository import version_folders
+
 from . import config as cfg
-from .cpus import usable_cpus
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ModelportError
 from .loader import LoaderSettings, load_version
 from .logs import event
-from .metrics import Metrics
-from .repository import scan, version_folders
-from .versions import ModelVersion, fingerprint
+from .repository import model_stamp, scan, version_stamp
+from .settings import ServerSettings
+from .versions import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,10 @@ class ModelEntry:
 class ModelRegistry:
     """Every model of one Triton-layout repository, and the operations that change them."""
 
-    def __init__(
-        self,
-        root: Path,
-        providers: tuple[str, ...] = ("cpu",),
-        device_id: int = 0,
-        workers: int = 1,
-        metrics: Metrics | None = None,
-        drift_window: int = 1000,
-        drift_sample_rate: float = 1.0,
-    ) -> None:
+    def __init__(self, root: Path, settings: LoaderSettings | None = None) -> None:
         self.root = root
-        self.metrics = metrics
-        self.settings = LoaderSettings(providers, device_id, workers, usable_cpus(), drift_window, drift_sample_rate)
+        self.settings = settings or LoaderSettings.of(ServerSettings.defaults())
+        self.load_failures: dict[tuple[str, int], int] = {}  # (model, version) -> failed loads, for metrics
         self._entries: dict[str, ModelEntry] = {}
         self._retiring: set[asyncio.Task] = set()
         self.listeners: list[Callable[[str], None]] = []  # told the model name after every change
@@ -83,7 +75,8 @@ class ModelRegistry:
 
     def entries(self) -> list[ModelEntry]:
         """Their entries, by name."""
-        return [self._entries[n] for n in self.names()]
+        # Also called from the metrics thread: copy before sorting.
+        return sorted(list(self._entries.values()), key=lambda entry: entry.name)
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The served version asked for ('' = the newest served one)."""
@@ -99,10 +92,6 @@ class ModelRegistry:
             served = ", ".join(str(v) for v in sorted(entry.versions))
             raise ModelNotFound(f"model '{name}' has no served version '{version}'; served versions: {served}")
         return entry.versions[int(version)]
-
-    def acquire(self, name: str, version: str = "") -> ModelVersion:
-        """get() and count the request in; the caller must release() the version when done."""
-        return self.get(name, version).acquire()
 
     @staticmethod
     def _why_not(entry: ModelEntry) -> str:
@@ -177,7 +166,7 @@ class ModelRegistry:
             self._retire_all(entry, "removed from the repository")
             event(log, logging.ERROR, "model_load_failed", model=entry.name, version="", reason="not in the repository")
             raise ModelNotFound(f"model '{entry.name}' is not in the repository {self.root}")
-        entry.seen = folder_stamp(directory)
+        entry.seen = model_stamp(directory)
         try:
             spec = cfg.model_spec(entry.name, cfg.read_config(directory))
             wanted = spec.version_policy.select(version_folders(directory))
@@ -204,7 +193,7 @@ class ModelRegistry:
         failures: dict[int, str] = {}
         for version in wanted:
             old = entry.versions.get(version)
-            if old is not None and old.stamp == fingerprint(directory, version, spec.model_filename) and old.spec == spec:
+            if old is not None and old.stamp == version_stamp(directory, version) and old.spec == spec:
                 served[version] = old
                 continue
             if old is None:
@@ -216,8 +205,8 @@ class ModelRegistry:
             except ModelLoadError as exc:
                 event(log, logging.ERROR, "model_load_failed", model=entry.name, version=version, reason=exc.message)
                 failures[version] = exc.message
-                if self.metrics is not None:
-                    self.metrics.load_failed(entry.name, version)
+                key = (entry.name, version)
+                self.load_failures[key] = self.load_failures.get(key, 0) + 1
                 if old is not None:
                     served[version] = old  # the previous files keep serving
         return served, failures
@@ -271,7 +260,7 @@ class ModelRegistry:
         on_disk = scan(self.root)
         for name, directory in on_disk.items():
             entry = self._entries.get(name)
-            if entry is None or folder_stamp(directory.path) != entry.seen:
+            if entry is None or model_stamp(directory.path) != entry.seen:
                 try:
                     await self.load(name)
                 except ModelportError:
@@ -283,8 +272,6 @@ class ModelRegistry:
 
     def _set_state(self, entry: ModelEntry, version: int, state: VersionState) -> None:
         entry.states[version] = state
-        if self.metrics is not None:
-            self.metrics.set_state(entry.name, str(version), state.state)
 
     def _notify(self, name: str) -> None:
         for listener in self.listeners:
@@ -300,19 +287,3 @@ class ModelRegistry:
         for entry in self._entries.values():
             self._retire_all(entry, "server stopped")
         await self.wait_retired()
-
-
-def folder_stamp(directory: Path) -> tuple:
-    """Sizes and mtimes of every file under a model folder (hidden ones, such as a converter's
-    half-written version, excluded): a change means the model needs a look."""
-    stamp = []
-    for path in sorted(directory.rglob("*")):
-        relative = path.relative_to(directory)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            continue
-        stamp.append((str(relative), info.st_size, info.st_mtime_ns))
-    return tuple(stamp)

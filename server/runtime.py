@@ -1,4 +1,6 @@
-"""ONNX Runtime behind one small interface: load a model file, describe it, run it."""
+"""ONNX Runtime behind one small interface: load a model file, describe it, run it. Inputs and
+outputs are wire-ready arrays (BYTES as object arrays of UTF-8 `bytes`), so nothing above this
+module knows ONNX Runtime's string or bfloat16 conventions."""
 
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from modelport.protocol.datatypes import ONNX_TO_DATATYPE
+from modelport.protocol.types import TensorSpec
+
 from .errors import InferenceFailed, InvalidInput, ModelLoadError
-from .signature import ONNX_TO_DATATYPE, Signature, TensorSpec
+from .signature import Signature
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +95,8 @@ def _preload_gpu_libraries() -> None:
 class OnnxModel:
     """One ONNX Runtime session. `run` is thread-safe (ONNX Runtime allows concurrent runs)."""
 
-    def __init__(self, path: Path, options: SessionOptions, label: str) -> None:
-        self.label = label
+    def __init__(self, path: Path, options: SessionOptions, where: str) -> None:
+        self.where = where
         self.options = options
         try:
             self._session = ort.InferenceSession(
@@ -100,25 +105,26 @@ class OnnxModel:
                 providers=available_providers(options.providers, options.device_id),
             )
         except Exception as exc:  # ONNX Runtime raises several unrelated types
-            raise ModelLoadError(f"{label}: ONNX Runtime cannot load {path.name}: {exc}") from exc
+            raise ModelLoadError(f"{where}: ONNX Runtime cannot load {path.name}: {exc}") from exc
         self.signature = Signature(
-            tuple(_spec(label, a) for a in self._session.get_inputs()),
-            tuple(_spec(label, a) for a in self._session.get_outputs()),
+            tuple(_spec(where, a) for a in self._session.get_inputs()),
+            tuple(_spec(where, a) for a in self._session.get_outputs()),
         )
         self.providers = tuple(self._session.get_providers())
         wanted = PROVIDERS[options.providers[0]] if options.providers else "CPUExecutionProvider"
         if self.providers[0] != wanted:
-            log.warning("%s: runs on %s, not %s (CPU fallback)", label, self.providers[0], wanted)
+            log.warning("%s: runs on %s, not %s (CPU fallback)", where, self.providers[0], wanted)
         bf16_out = [t.name for t in self.signature.outputs if t.datatype == "BF16"]
         if bf16_out:
             raise ModelLoadError(
-                f"{label}: BF16 outputs {bf16_out} cannot be returned through ONNX Runtime's Python API"
+                f"{where}: BF16 outputs {bf16_out} cannot be returned through ONNX Runtime's Python API"
             )
         self._needs_ort_values = any(t.datatype == "BF16" for t in self.signature.inputs)
+        self._string_outputs = frozenset(t.name for t in self.signature.outputs if t.datatype == "BYTES")
 
     def run(self, inputs: Mapping[str, tuple[str, np.ndarray]], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Run the session on already validated inputs; returns the requested outputs."""
-        feed = {name: _to_ort(self.label, name, datatype, array) for name, (datatype, array) in inputs.items()}
+        """Run the session on already validated inputs; returns the requested outputs, wire-ready."""
+        feed = {name: _to_ort(self.where, name, datatype, array) for name, (datatype, array) in inputs.items()}
         try:
             if self._needs_ort_values:
                 values = {n: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v) for n, v in feed.items()}
@@ -126,8 +132,11 @@ class OnnxModel:
             else:
                 results = self._session.run(list(outputs), feed)
         except Exception as exc:
-            raise InferenceFailed(f"{self.label}: ONNX Runtime failed: {exc}") from exc
-        return dict(zip(outputs, results))
+            raise InferenceFailed(f"{self.where}: ONNX Runtime failed: {exc}") from exc
+        named = dict(zip(outputs, results))
+        for name in self._string_outputs.intersection(named):
+            named[name] = _from_ort_strings(named[name])
+        return named
 
 
 def _session_options(options: SessionOptions) -> ort.SessionOptions:
@@ -143,30 +152,30 @@ def _session_options(options: SessionOptions) -> ort.SessionOptions:
     return so
 
 
-def _spec(label: str, arg: ort.NodeArg) -> TensorSpec:
+def _spec(where: str, arg: ort.NodeArg) -> TensorSpec:
     datatype = ONNX_TO_DATATYPE.get(arg.type)
     if datatype is None:
-        raise ModelLoadError(f"{label}: tensor '{arg.name}' has type {arg.type}, which modelport cannot serve")
+        raise ModelLoadError(f"{where}: tensor '{arg.name}' has type {arg.type}, which modelport cannot serve")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
     return TensorSpec(arg.name, datatype, shape)
 
 
-def _to_ort(label: str, name: str, datatype: str, array: np.ndarray):
+def _to_ort(where: str, name: str, datatype: str, array: np.ndarray):
     """numpy as ONNX Runtime wants it: strings as str, BF16 as a typed OrtValue."""
     if datatype == "BYTES":
         try:
             return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array) if array.size else array
         except UnicodeDecodeError:
             raise InvalidInput(
-                f"{label}: input '{name}' holds bytes that are not UTF-8; ONNX Runtime string tensors must be UTF-8"
+                f"{where}: input '{name}' holds bytes that are not UTF-8; ONNX Runtime string tensors must be UTF-8"
             ) from None
     if datatype == "BF16":
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array), _BF16)
     return array
 
 
-def from_ort(datatype: str, array: np.ndarray) -> np.ndarray:
-    """An ONNX Runtime result as the codec wants it: strings become UTF-8 bytes."""
-    if datatype == "BYTES" and array.size:
-        return np.vectorize(lambda s: s.encode("utf-8") if isinstance(s, str) else bytes(s), otypes=[object])(array)
-    return array
+def _from_ort_strings(array: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's str elements as the protocol's UTF-8 bytes."""
+    if not array.size:
+        return array
+    return np.vectorize(lambda s: s.encode("utf-8") if isinstance(s, str) else bytes(s), otypes=[object])(array)

@@ -20,7 +20,7 @@ import numpy as np
 from .errors import DeadlineExceeded, QueueFull
 from .runtime import OnnxModel
 from .statistics import Timing, VersionStats
-from .types import Tensor
+from modelport.protocol.types import Tensor
 
 Results = dict[str, np.ndarray]
 
@@ -49,7 +49,7 @@ class Instance:
         self.busy = 0
         self.cost_ns: tuple[float, float] | None = None  # (fixed, per row) of one run
         self._inline = inline and not self.on_gpu
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{model.label}#{index}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{model.where}#{index}")
 
     def expect(self, seconds: float, rows: int, one_row_seconds: float | None = None) -> None:
         """Seed the run-time estimate: a warm-up run of `rows` rows took `seconds`, and one of a
@@ -70,14 +70,14 @@ class Instance:
         return None if self.cost_ns is None else self.cost_ns[0] + self.cost_ns[1] * rows
 
     async def run(
-        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None, label: str = ""
+        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None, where: str = ""
     ) -> tuple[Results, int, int]:
         """Run off the event loop unless it is very short: (results, start time, run time in ns).
         DeadlineExceeded when `deadline` (time.monotonic) passes while the run waits for the
         instance; a run that has started finishes, as in Triton."""
         if self._runs_inline(rows_of(inputs)):
-            return self._timed(inputs, outputs, deadline, label)
-        return await self._on_thread(self._timed, inputs, outputs, deadline, label)
+            return self._timed(inputs, outputs, deadline, where)
+        return await self._on_thread(self._timed, inputs, outputs, deadline, where)
 
     async def run_batch(
         self, merge: Callable[[list, int], dict[str, Tensor]], batch: list, rows: int, outputs: Sequence[str]
@@ -111,9 +111,9 @@ class Instance:
         return predicted is not None and predicted < INLINE_MAX_NS
 
     def _timed(
-        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None, label: str
+        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None, where: str
     ) -> tuple[Results, int, int]:
-        _check_deadline(label or self.model.label, deadline)
+        _check_deadline(where or self.model.where, deadline)
         start = time.perf_counter_ns()
         results = self.model.run(inputs, outputs)
         return results, start, time.perf_counter_ns() - start
@@ -123,16 +123,16 @@ class Instance:
         self._executor.shutdown(wait=True)
 
 
-def _check_deadline(label: str, deadline: float | None) -> None:
+def _check_deadline(where: str, deadline: float | None) -> None:
     if deadline is not None and time.monotonic() >= deadline:
-        raise DeadlineExceeded(f"{label}: the request's deadline passed before it could run")
+        raise DeadlineExceeded(f"{where}: the request's deadline passed before it could run")
 
 
 class DirectScheduler:
     """Every request runs by itself on the least busy instance."""
 
-    def __init__(self, label: str, instances: Sequence[Instance], stats: VersionStats) -> None:
-        self.label = label
+    def __init__(self, where: str, instances: Sequence[Instance], stats: VersionStats) -> None:
+        self.where = where
         self.instances = list(instances)
         self.stats = stats
 
@@ -142,7 +142,7 @@ class DirectScheduler:
         """Run one request; DeadlineExceeded if its deadline passes before it starts."""
         submitted = time.perf_counter_ns()
         instance = min(self.instances, key=lambda i: i.busy)
-        results, started, infer_ns = await instance.run(inputs, outputs, deadline, self.label)
+        results, started, infer_ns = await instance.run(inputs, outputs, deadline, self.where)
         rows = rows_of(inputs)
         self.stats.record_execution(rows, 0, infer_ns)
         return results, Timing(started - submitted, 0, infer_ns, rows)
@@ -204,13 +204,13 @@ class BatchingScheduler:
 
     def __init__(
         self,
-        label: str,
+        where: str,
         instances: Sequence[Instance],
         stats: VersionStats,
         policy: BatchingPolicy,
         outputs: Sequence[str],
     ) -> None:
-        self.label = label
+        self.where = where
         self.stats = stats
         self.instances = list(instances)
         self.policy = policy
@@ -227,14 +227,14 @@ class BatchingScheduler:
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None
     ) -> tuple[Results, Timing]:
         """Queue one request and wait for its share of a batch."""
-        _check_deadline(self.label, deadline)
+        _check_deadline(self.where, deadline)
         if self.policy.max_queue_size and len(self._queue) >= self.policy.max_queue_size:
-            raise QueueFull(f"{self.label}: queue is full ({self.policy.max_queue_size} requests waiting); retry later")
+            raise QueueFull(f"{self.where}: queue is full ({self.policy.max_queue_size} requests waiting); retry later")
         size = rows_of(inputs)
         key = tuple((name, dt, array.shape[1:]) for name, (dt, array) in sorted(inputs.items()))
         loop = asyncio.get_running_loop()
         if self._loop_task is None:
-            self._loop_task = loop.create_task(self._batch_loop(), name=f"batcher {self.label}")
+            self._loop_task = loop.create_task(self._batch_loop(), name=f"batcher {self.where}")
         future = loop.create_future()
         self._queue.append(_Pending(inputs, outputs, size, key, deadline, future))
         self._arrived.set()
@@ -272,7 +272,7 @@ class BatchingScheduler:
                 self._queue.popleft()
             elif head.deadline is not None and now >= head.deadline:
                 self._queue.popleft()
-                head.future.set_exception(DeadlineExceeded(f"{self.label}: the request's deadline passed in the queue"))
+                head.future.set_exception(DeadlineExceeded(f"{self.where}: the request's deadline passed in the queue"))
             else:
                 return True
         return False
@@ -292,7 +292,7 @@ class BatchingScheduler:
             if item.future.done():
                 continue
             if item.deadline is not None and now >= item.deadline:
-                item.future.set_exception(DeadlineExceeded(f"{self.label}: the request's deadline passed in the queue"))
+                item.future.set_exception(DeadlineExceeded(f"{self.where}: the request's deadline passed in the queue"))
             elif item.key == key and total + item.size <= self.policy.max_batch_size:
                 batch.append(item)
                 total += item.size
@@ -333,7 +333,7 @@ class BatchingScheduler:
             await asyncio.gather(*self._running, return_exceptions=True)
         for item in self._queue:
             if not item.future.done():
-                item.future.set_exception(DeadlineExceeded(f"{self.label}: unloaded before the request ran"))
+                item.future.set_exception(DeadlineExceeded(f"{self.where}: unloaded before the request ran"))
         for instance in self.instances:
             await asyncio.to_thread(instance.close)
 

@@ -1,52 +1,40 @@
-"""The gRPC servicer: decode, call the data plane, encode. Nothing else lives here.
+"""The gRPC servicer: decode, one call to the data plane, encode. Nothing else lives here.
 
-Domain errors become gRPC status codes in `_rpc`, the one place that does so.
+Domain errors become gRPC status codes in `errors.rpc_errors`, the one place that does so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import grpc
 
-from modelport.client import codec
-from modelport.client._proto import grpc_service_pb2 as pb
-from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
+from modelport.protocol import codec
+from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
 from .dataplane import DataPlane
-from .errors import InvalidInput, ModelportError, status_of
-from .logs import event
-from .signature import TensorSpec
+from .errors import InvalidInput, ModelportError, Unimplemented, rpc_errors, status_of
 from .statistics import Duration
-from .types import InferenceRequest, RequestedOutput
 from .versions import ModelVersion
 
 log = logging.getLogger(__name__)
-R = TypeVar("R")
 STREAM_WINDOW = 64  # requests of one stream running at once
 
-
-def _rpc(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """Run an RPC handler, turning any error into a status with a clear message."""
-
-    @functools.wraps(method)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext) -> R:
-        try:
-            return await method(self, request, context)
-        except ModelportError as exc:
-            code, message = status_of(exc)
-            event(log, logging.INFO, "request_failed", rpc=method.__name__, code=code.name, message=message)
-        except Exception as exc:  # a bug: keep serving, tell the caller, log the trace
-            code, message = status_of(exc)
-            log.exception("request failed unexpectedly: rpc=%s", method.__name__)
-        await context.abort(code, message)
-
-    return wrapper
+# RPCs the protocol declares that modelport answers UNIMPLEMENTED, and what to do instead.
+_NO_SHARED_MEMORY = "shared-memory tensors are not supported: send the tensors in the request (raw_input_contents)"
+NOT_IMPLEMENTED = {
+    "SystemSharedMemoryStatus": _NO_SHARED_MEMORY,
+    "SystemSharedMemoryRegister": _NO_SHARED_MEMORY,
+    "SystemSharedMemoryUnregister": _NO_SHARED_MEMORY,
+    "CudaSharedMemoryStatus": _NO_SHARED_MEMORY,
+    "CudaSharedMemoryRegister": _NO_SHARED_MEMORY,
+    "CudaSharedMemoryUnregister": _NO_SHARED_MEMORY,
+    "TraceSetting": "tracing is not supported: the server's Prometheus histograms time every phase of a request",
+    "LogSettings": "log settings are fixed at start: use --log-level and --log-format",
+}
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -55,37 +43,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self._dp = dataplane
 
-    @_rpc
+    @rpc_errors
     async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._dp.server_live())
 
-    @_rpc
+    @rpc_errors
     async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._dp.server_ready())
 
-    @_rpc
+    @rpc_errors
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self._dp.model_ready(request.name, request.version))
 
-    @_rpc
+    @rpc_errors
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
         info = self._dp.server_metadata()
         return pb.ServerMetadataResponse(name=info.name, version=info.version, extensions=info.extensions)
 
-    @_rpc
+    @rpc_errors
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
-        info = self._dp.model_metadata(request.name, request.version)
-        return pb.ModelMetadataResponse(
-            name=info.name,
-            versions=info.versions,
-            platform=info.platform,
-            inputs=[_tensor_metadata(t) for t in info.inputs],
-            outputs=[_tensor_metadata(t) for t in info.outputs],
-        )
+        return self._dp.model_metadata(request.name, request.version).to_proto()
 
-    @_rpc
+    @rpc_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        return await self._infer(request, _deadline(context))
+        return await self._infer(request, context)
+
+    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        decoded = codec.decode_request(request, self._dp.limits.max_tensor_elements, _deadline(context))
+        return codec.encode_response(await self._dp.infer(decoded))
 
     async def ModelStreamInfer(self, requests, context) -> None:
         """Bidirectional stream: requests run concurrently (up to STREAM_WINDOW at once) and
@@ -97,7 +82,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
-                result = pb.ModelStreamInferResponse(infer_response=await self._infer(request, _deadline(context)))
+                result = pb.ModelStreamInferResponse(infer_response=await self._infer(request, context))
             except Exception as exc:
                 code, message = status_of(exc)
                 if not isinstance(exc, ModelportError):
@@ -134,59 +119,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for task in list(tasks):
                 task.cancel()
 
-    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
-        nbytes = request.ByteSize()
-        model = self._dp.acquire(request.model_name, request.model_version, nbytes)
-        try:
-            self._dp.check_shapes(model, [(t.name, list(t.shape)) for t in request.inputs])
-            try:
-                inputs = codec.decode_inputs(request)
-            except codec.CodecError as exc:
-                raise InvalidInput(f"{model.label}: {exc}") from None
-            decoded = InferenceRequest(
-                model=request.model_name,
-                version=request.model_version,
-                id=request.id,
-                inputs=inputs,
-                outputs=[RequestedOutput(o.name, _class_count(model.label, o)) for o in request.outputs],
-                deadline=deadline,
-            )
-            result = await self._dp.infer(model, decoded)
-        finally:
-            self._dp.release(model, nbytes)
-        response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
-        return codec.encode_outputs(response, result.outputs)
-
-    @_rpc
+    @rpc_errors
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(config=self._dp.model_version(request.name, request.version).config)
 
-    @_rpc
+    @rpc_errors
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
         versions = self._dp.statistics(request.name, request.version)
         return pb.ModelStatisticsResponse(model_stats=[_statistics(v) for v in versions])
 
-    @_rpc
+    @rpc_errors
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
-        rows = self._dp.repository_index(request.ready)
         index = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
-            models=[index(name=n, version=v, state=state, reason=reason) for n, v, state, reason in rows]
-        )
+            models=[index(name=m.name, version=m.version, state=m.state, reason=m.reason)
+                    for m in self._dp.repository_index(request.ready)]
+        )  # fmt: skip
 
-    @_rpc
+    @rpc_errors
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
         _no_parameters(request.model_name, request.parameters, allowed=())
         await self._dp.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    @_rpc
+    @rpc_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context
     ) -> pb.RepositoryModelUnloadResponse:
         _no_parameters(request.model_name, request.parameters, allowed=("unload_dependents",))
         await self._dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _not_implemented(name: str, alternative: str):
+    async def handler(self, request, context):
+        raise Unimplemented(f"{name} is not implemented by modelport: {alternative}")
+
+    handler.__name__ = handler.__qualname__ = name
+    return rpc_errors(handler)
+
+
+for _name, _alternative in NOT_IMPLEMENTED.items():
+    setattr(InferenceServicer, _name, _not_implemented(_name, _alternative))
 
 
 def _no_parameters(model: str, parameters, allowed: tuple[str, ...]) -> None:
@@ -230,17 +204,3 @@ def _statistics(version: ModelVersion) -> pb.ModelStatistics:
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
-
-
-def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
-    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
-
-
-def _class_count(label: str, output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
-    param = output.parameters.get("classification")
-    if param is None:
-        return 0
-    which = param.WhichOneof("parameter_choice")
-    if which in ("int64_param", "uint64_param"):
-        return int(getattr(param, which))
-    raise InvalidInput(f"{label}: output '{output.name}': the classification parameter must be an integer, got {which}")

@@ -1,14 +1,28 @@
-"""Server settings: defaults, then MODELPORT_* environment variables, then command-line flags."""
+"""Server settings, the one place their defaults live: defaults, then MODELPORT_* environment
+variables, then command-line flags. `modelport serve`'s flags are generated from these fields
+(server/cli.py), with Triton's flag names where Triton has the flag, and the data plane's limits
+and the loader's settings are read from them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+Provider = Literal["cpu", "cuda", "tensorrt"]
+
+
+def option(
+    default: Any, help: str, *, flag: str | None = None, metavar: str | None = None, shown: str | None = None,
+    **constraints: Any,
+) -> Any:
+    """A settings field and how `serve` offers it: `flag` when it is not --<field-name> (Triton's
+    name, usually), `metavar`, and `shown` when the default reads better otherwise (64 MiB)."""
+    extra = {key: value for key, value in (("flag", flag), ("metavar", metavar), ("shown", shown)) if value is not None}
+    return Field(default, description=help, json_schema_extra=extra or None, **constraints)
 
 
 class ServerSettings(BaseSettings):
@@ -16,40 +30,94 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MODELPORT_", protected_namespaces=())
 
-    model_repository: Path
-    host: str = "0.0.0.0"
-    grpc_port: int = Field(8001, ge=0, le=65535)
-    metrics_port: int = Field(8002, ge=0, le=65535, description="Prometheus /metrics; worker i of --workers uses port + i")
-    allow_metrics: bool = True
+    model_repository: Path = option(..., "the model repository: <name>/<version>/model.onnx", metavar="DIR")
+    grpc_port: int = option(8001, "gRPC port; 0 picks a free one (the log line `listening on HOST:PORT` tells which)",
+                            metavar="N", ge=0, le=65535)  # fmt: skip
+    host: str = option("0.0.0.0", "address to bind", metavar="ADDR")
     # 64 MiB: a 224x224x3 FP32 batch of 64 (~38.5 MiB) fits with room for the envelope.
-    max_message_bytes: int = Field(64 * MIB, gt=0)
-    execution_providers: tuple[str, ...] = ("cpu",)
-    device_id: int = Field(0, ge=0, description="GPU for the cuda/tensorrt providers")
-    workers: int = Field(1, ge=1, description="server processes sharing the port")
-    shutdown_grace_seconds: float = Field(30.0, ge=0)
-    model_control_mode: Literal["none", "poll", "explicit"] = "none"
-    repository_poll_secs: float = Field(15.0, gt=0)
-    load_model: tuple[str, ...] = ()  # explicit mode: models to load at start ("*": all)
-    quality_window: int = Field(1000, gt=0, description="labelled rows behind the rolling quality metrics")
-    quality_pending: int = Field(10000, gt=0, description="request ids per model waiting for a label")
-    drift_window: int = Field(1000, gt=0, description="rows in the sliding window of live input statistics")
+    max_message_bytes: int = option(
+        64 * MIB, "largest request/response in bytes (a 224x224x3 FP32 batch of 64 fits)",
+        flag="--grpc-max-message-size", metavar="BYTES", shown="64 MiB", gt=0,
+    )
+    execution_providers: tuple[Provider, ...] = option(
+        ("cpu",), "ONNX Runtime execution provider, repeatable in order of preference; missing ones fall back to "
+        "CPU with a warning", flag="--execution-provider",
+    )
+    device_id: int = option(0, "GPU used by the cuda/tensorrt providers", metavar="N", ge=0)
+    workers: int = option(
+        1, "server processes sharing the gRPC port (SO_REUSEPORT), each with its own sessions; ONNX Runtime "
+        "threads are the usable CPUs divided among them; a crashed worker is restarted", metavar="N", ge=1,
+    )
+    shutdown_grace_seconds: float = option(
+        30.0, "on SIGTERM/SIGINT: health turns NOT_SERVING, new calls are refused, in-flight ones get this long "
+        "to finish", flag="--exit-timeout-secs", metavar="S", ge=0,
+    )
+    metrics_port: int = option(8002, "Prometheus /metrics port (0 picks a free one; with --workers N, worker i uses "
+                               "port + i)", metavar="N", ge=0, le=65535)  # fmt: skip
+    allow_metrics: bool = option(True, "serve /metrics at all")
+    model_control_mode: Literal["none", "poll", "explicit"] = option(
+        "none", "none: load every model at start, never change; poll: also pick up new, changed and removed "
+        "models every --repository-poll-secs; explicit: load only --load-model at start, then as "
+        "RepositoryModelLoad/Unload (or `modelport models`) say",
+    )
+    repository_poll_secs: float = option(15.0, "poll interval in poll mode", metavar="S", gt=0)
+    load_model: tuple[str, ...] = option((), "explicit mode: a model to load at start; repeatable; '*' loads all",
+                                         metavar="NAME", shown="none")  # fmt: skip
+    grpc_use_ssl: bool = option(False, "serve gRPC over TLS (needs --grpc-server-cert and --grpc-server-key)")
+    grpc_server_cert: Path | None = option(None, "PEM certificate chain of the server (reread when it changes)",
+                                           metavar="FILE")  # fmt: skip
+    grpc_server_key: Path | None = option(None, "PEM private key of the server (reread when it changes)",
+                                          metavar="FILE")  # fmt: skip
+    grpc_use_ssl_mutual: bool = option(False, "mutual TLS: clients need a certificate signed by --grpc-root-cert")
+    grpc_root_cert: Path | None = option(None, "PEM CA that signs client certificates (mutual TLS)", metavar="FILE")
+    auth_token_file: Path | None = option(
+        None, "bearer tokens, '<token> <scope>[,<scope>]' per line (scopes inference, admin: repository "
+        "load/unload and settings RPCs need admin); reread when it changes; without it, no authentication",
+        metavar="FILE",
+    )
+    auth_open_health: bool = option(True, "health and reflection answer without a token")
+    grpc_max_connection_age_ms: int = option(
+        0, "close client connections after this many ms so clients re-resolve DNS and spread over new replicas "
+        "(0 = never; the Kubernetes manifests set it)", metavar="N", shown="0 (never)", ge=0,
+    )
+    grpc_max_connection_age_grace_ms: int = option(30000, "time calls on a closing connection get to finish",
+                                                   metavar="N", ge=0)  # fmt: skip
+    max_concurrent_streams: int = option(256, "concurrent calls per client connection", metavar="N", gt=0)
+    max_tensor_elements: int = option(256 * MIB, "largest tensor a request may declare (refused before anything is "
+                                      "allocated)", metavar="N", gt=0)  # fmt: skip
+    max_pending_requests: int = option(4096, "requests waiting per model version before RESOURCE_EXHAUSTED "
+                                       "(0 = unbounded)", metavar="N", ge=0)  # fmt: skip
+    max_inflight_bytes: int = option(
+        1024 * MIB, "request bytes the server holds at once (queued or running, all models); past it new "
+        "requests get RESOURCE_EXHAUSTED, so a flood of large requests meets back-pressure instead of growing "
+        "memory (0 = unbounded)", metavar="N", shown="1073741824 (1 GiB)", ge=0,
+    )
+    default_request_timeout: float = option(
+        0.0, "seconds allowed to requests that carry no deadline; a request still waiting for its model "
+        "instance when its deadline (this one or the client's) passes gets DEADLINE_EXCEEDED and never runs, "
+        "one that has started finishes (as in Triton)", metavar="S", shown="0 (none)", ge=0,
+    )
+    # 1 MiB: request buffers above it go back to the OS when freed (server/memory.py).
+    malloc_mmap_threshold: int = option(
+        MIB, "glibc allocations this large use mmap and go back to the OS when freed, so bursts of large requests "
+        "leave no heap behind (0 = glibc's own, rising threshold; an explicit MALLOC_MMAP_THRESHOLD_ in the "
+        "environment wins)", metavar="BYTES", ge=0,
+    )
+    quality_window: int = option(1000, "labelled rows behind the rolling quality metrics", metavar="N", gt=0)
+    quality_pending: int = option(10000, "request ids per model waiting for a label", metavar="N", gt=0)
+    drift_window: int = option(1000, "rows in the sliding window of live input statistics", metavar="N", gt=0)
     # 0.1: tracking every request cost 5.3 % of small-model throughput on the H100 box (benchmarks/README.md).
-    drift_sample_rate: float = Field(0.1, ge=0, le=1, description="share of requests fed to drift tracking")
-    grpc_use_ssl: bool = False
-    grpc_server_cert: Path | None = None
-    grpc_server_key: Path | None = None
-    grpc_root_cert: Path | None = None
-    grpc_use_ssl_mutual: bool = False
-    auth_token_file: Path | None = None
-    auth_open_health: bool = True  # health and reflection answer without a token
-    grpc_max_connection_age_ms: int = Field(0, ge=0, description="close connections after this long (0 = never)")
-    grpc_max_connection_age_grace_ms: int = Field(30000, ge=0, description="time given to calls on a closing connection")
-    max_concurrent_streams: int = Field(256, gt=0, description="concurrent calls per client connection")
-    max_tensor_elements: int = Field(256 * 1024 * 1024, gt=0, description="largest tensor a request may declare")
-    max_pending_requests: int = Field(4096, ge=0, description="requests waiting per model version; 0 = unbounded")
-    default_request_timeout: float = Field(0.0, ge=0, description="deadline for requests that carry none; 0 = none")
-    max_inflight_bytes: int = Field(1024 * MIB, ge=0, description="request bytes held at once before RESOURCE_EXHAUSTED; 0 = unbounded")
-    # 1 MiB: request buffers above it go back to the OS when freed (server/memory.py); 0 = glibc's default.
-    malloc_mmap_threshold: int = Field(MIB, ge=0, description="allocations of this many bytes or more use mmap")
-    log_level: str = "INFO"
-    log_format: Literal["text", "json"] = "text"
+    drift_sample_rate: float = option(0.1, "share of requests fed to drift tracking and to the predicted-class "
+                                      "counts", metavar="R", ge=0, le=1)  # fmt: skip
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = option(
+        "INFO", "INFO logs one line per model load/unload/failure and per failed request, none per successful one"
+    )
+    log_format: Literal["text", "json"] = option(
+        "text", "`event key=value ...` (logfmt) lines, or one JSON object per line with `event` and its fields"
+    )
+
+    @classmethod
+    def defaults(cls) -> ServerSettings:
+        """Every default, unvalidated and without reading the environment (model_repository unset):
+        what in-process users of the data plane or the registry get when they say nothing."""
+        return cls.model_construct()

@@ -1,33 +1,19 @@
-"""A loaded model version, and what tells whether its files changed on disk."""
+"""A loaded model version: what serves it and what is kept about it."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from modelport.client._proto import model_config_pb2 as mc
+from modelport.protocol.generated import model_config_pb2 as mc
+from modelport.protocol.types import RequestedOutput
 
 from . import config as cfg
 from .drift import DriftTracker
+from .observers import Sampler
 from .scheduler import BatchingScheduler, DirectScheduler
 from .signature import Signature
 from .statistics import VersionStats
-
-
-def fingerprint(model_dir: Path, version: int, filename: str) -> tuple:
-    """Size and mtime of everything a version is built from: its folder's files and the model's
-    config and labels. A changed fingerprint means the version must be reloaded."""
-    paths = sorted(p for p in (model_dir / str(version)).rglob("*") if p.is_file())
-    paths += [p for p in (model_dir / cfg.CONFIG_FILE, model_dir / cfg.LABELS_FILE) if p.is_file()]
-    stamp = []
-    for path in paths:
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            continue
-        stamp.append((str(path.relative_to(model_dir)), info.st_size, info.st_mtime_ns))
-    return tuple(stamp)
 
 
 @dataclass(eq=False)
@@ -45,13 +31,18 @@ class ModelVersion:
     signature: Signature
     scheduler: DirectScheduler | BatchingScheduler
     stats: VersionStats
-    stamp: tuple
+    stamp: tuple  # repository.version_stamp when it was loaded
+    sampler: Sampler
     drift: DriftTracker | None = None
     in_flight: int = 0
     _idle: asyncio.Event | None = field(default=None, repr=False)
+    default_outputs: list[RequestedOutput] = field(init=False, repr=False)  # for requests that name none
+
+    def __post_init__(self) -> None:
+        self.default_outputs = [RequestedOutput(t.name) for t in self.signature.outputs]
 
     @property
-    def label(self) -> str:
+    def where(self) -> str:
         """How messages name this version."""
         return f"model '{self.name}' version {self.version}"
 

@@ -14,9 +14,10 @@ import pytest
 import tritonclient.grpc as triton
 from onnx import TensorProto
 
-from modelport.client import Client, InferenceServerError, codec
-from modelport.client._proto import grpc_service_pb2 as pb
-from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
+from modelport.client import Client, InferenceServerError
+from modelport.protocol import codec
+from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 from modelport.server.background import BackgroundServer
 from tests import models
 

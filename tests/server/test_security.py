@@ -141,8 +141,8 @@ def test_limits(repo: Path) -> None:
             client.infer("m", {"x": np.ones((101, 3), np.float32)})
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "limit is 300" in err.value.message
         # A declared shape far beyond the data is refused before anything is allocated.
-        from modelport.client import codec
-        from modelport.client._proto import grpc_service_pb2_grpc as pb_grpc
+        from modelport.protocol import codec
+        from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
         request = codec.build_request("m", {"x": X})
         del request.inputs[0].shape[:]

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from modelport.client import codec
-from modelport.client._proto import grpc_service_pb2 as pb
+from modelport.protocol import codec
+from modelport.protocol.generated import grpc_service_pb2 as pb
 
 FUZZ = settings(
     max_examples=300,

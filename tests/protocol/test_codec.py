@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelport.client import codec
-from modelport.client._proto import grpc_service_pb2 as pb
+from modelport.protocol import codec
+from modelport.protocol.generated import grpc_service_pb2 as pb
 
 SAMPLES = {
     "BOOL": np.array([[True, False, True]]),

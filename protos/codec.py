@@ -1,5 +1,8 @@
 """The one codec between protobuf tensors and numpy arrays, shared by client and server.
 
+It also makes the wire checks, once: element counts (non-negative, within the server's limit),
+byte sizes against shape x datatype, BYTES framing, raw and typed contents not mixed.
+
 Wire rules (KServe v2 / Open Inference Protocol): raw tensors are row-major little-endian with no
 padding; BOOL is one byte per element; BYTES elements are each a 4-byte little-endian length
 followed by the bytes. Typed `contents` carry each datatype in a fixed field; FP16 and BF16 have
@@ -14,31 +17,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ._proto import grpc_service_pb2 as pb
+from .datatypes import DATATYPES, NUMPY_DTYPES
+from .generated import grpc_service_pb2 as pb
+from .types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 
 
 class CodecError(ValueError):
     """A tensor could not be encoded or decoded; the message names the tensor."""
 
-
-# datatype string -> numpy dtype (little-endian), in the protocol's order.
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BF16": np.dtype("<u2"),
-    "BYTES": np.dtype(object),
-}
-DATATYPES: tuple[str, ...] = tuple(NUMPY_DTYPES)
 
 # datatype -> the InferTensorContents field that may carry it (FP16/BF16 have none).
 TYPED_FIELDS: dict[str, str] = {
@@ -81,13 +67,16 @@ def datatype_of(array: np.ndarray) -> str:
     raise CodecError(f"numpy dtype {array.dtype} has no protocol datatype")
 
 
-def element_count(shape: Sequence[int], tensor: str = "tensor") -> int:
-    """Number of elements of `shape`; negative dimensions are an error."""
+def element_count(shape: Sequence[int], tensor: str = "tensor", limit: int = 0) -> int:
+    """Number of elements of `shape`; negative dimensions are an error, and so is a count over
+    `limit` (when given: the server's --max-tensor-elements)."""
     count = 1
     for dim in shape:
         if dim < 0:
             raise CodecError(f"{tensor}: shape {list(shape)} has a negative dimension")
         count *= dim
+    if limit and count > limit:
+        raise CodecError(f"{tensor} declares shape {list(shape)} ({count} elements); the server's limit is {limit}")
     return count
 
 
@@ -135,10 +124,13 @@ def deserialize_bytes(raw: bytes, count: int, tensor: str = "tensor") -> np.ndar
 # ---------------------------------------------------------------- numpy <-> raw / typed
 
 
-def from_raw(raw: bytes, datatype: str, shape: Sequence[int], tensor: str = "tensor") -> np.ndarray:
-    """Decode one raw tensor, checking its byte size against shape x datatype."""
+def from_raw(
+    raw: bytes, datatype: str, shape: Sequence[int], tensor: str = "tensor", max_elements: int = 0
+) -> np.ndarray:
+    """Decode one raw tensor, checking its byte size against shape x datatype (and the element
+    count against `max_elements`, when given, before anything is allocated)."""
     dtype = _dtype(datatype, tensor)
-    count = element_count(shape, tensor)
+    count = element_count(shape, tensor, max_elements)
     if datatype == "BYTES":
         return _reshape(deserialize_bytes(raw, count, tensor), shape, tensor)
     expected = count * dtype.itemsize
@@ -168,10 +160,11 @@ def to_raw(array: np.ndarray, datatype: str | None = None) -> bytes:
 
 
 def from_contents(
-    contents: pb.InferTensorContents, datatype: str, shape: Sequence[int], tensor: str = "tensor"
+    contents: pb.InferTensorContents, datatype: str, shape: Sequence[int], tensor: str = "tensor", max_elements: int = 0
 ) -> np.ndarray:
     """Decode typed `contents`, checking that the field fits the datatype and the count the shape."""
     dtype = _dtype(datatype, tensor)
+    count = element_count(shape, tensor, max_elements)
     field = TYPED_FIELDS.get(datatype)
     if field is None:
         raise CodecError(f"{tensor}: datatype {datatype} has no typed contents field; send it in raw_input_contents")
@@ -179,7 +172,6 @@ def from_contents(
         if len(getattr(contents, other)):
             raise CodecError(f"{tensor}: datatype {datatype} must use contents.{field}, got contents.{other}")
     values = getattr(contents, field)
-    count = element_count(shape, tensor)
     if len(values) != count:
         raise CodecError(
             f"{tensor}: contents.{field} has {len(values)} elements, expected {count} for shape {list(shape)}"
@@ -219,11 +211,50 @@ def as_wire_array(array: np.ndarray, datatype: str) -> np.ndarray:
 # ---------------------------------------------------------------- whole messages
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, np.ndarray]]:
+def decode_request(
+    request: pb.ModelInferRequest, max_elements: int = 0, deadline: float | None = None
+) -> InferenceRequest:
+    """A ModelInferRequest as the data plane takes it. What makes it undecodable is kept in
+    `error` rather than raised (the data plane raises it once it has found the model)."""
+    decoded = InferenceRequest(
+        request.model_name, request.model_version, request.id, {}, deadline=deadline, nbytes=request.ByteSize()
+    )
+    try:
+        decoded.inputs = decode_inputs(request, max_elements)
+        if request.outputs:
+            decoded.outputs = requested_outputs(request)
+    except CodecError as exc:
+        decoded.error = str(exc)
+    return decoded
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> list[RequestedOutput]:
+    """The outputs a request names, with the classification extension's count (0: none)."""
+    wanted = []
+    for output in request.outputs:
+        count = 0
+        param = output.parameters.get("classification")
+        if param is not None:
+            which = param.WhichOneof("parameter_choice")
+            if which not in ("int64_param", "uint64_param"):
+                raise CodecError(f"output '{output.name}': the classification parameter must be an integer, got {which}")
+            count = int(getattr(param, which))
+        wanted.append(RequestedOutput(output.name, count))
+    return wanted
+
+
+def encode_response(response: InferenceResponse) -> pb.ModelInferResponse:
+    """The ModelInferResponse for the data plane's answer (outputs always raw)."""
+    message = pb.ModelInferResponse(model_name=response.model, model_version=response.version, id=response.id)
+    return encode_outputs(message, response.outputs)
+
+
+def decode_inputs(request: pb.ModelInferRequest, max_elements: int = 0) -> dict[str, Tensor]:
     """All input tensors of a request as {name: (datatype, array)}.
 
     Raw and typed contents may not be mixed in one request; the number of raw buffers must
-    equal the number of inputs; names must be unique.
+    equal the number of inputs; names must be unique; no tensor may declare more than
+    `max_elements` elements (when given).
     """
     raw = request.raw_input_contents
     typed = [t.name for t in request.inputs if t.HasField("contents") and _has_values(t.contents)]
@@ -236,16 +267,16 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, tuple[str, np.ndar
             f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents buffers; "
             "expected one buffer per input"
         )
-    decoded: dict[str, tuple[str, np.ndarray]] = {}
+    decoded: dict[str, Tensor] = {}
     for i, tensor in enumerate(request.inputs):
-        label = f"input '{tensor.name}'"
+        where = f"input '{tensor.name}'"
         if tensor.name in decoded:
-            raise CodecError(f"{label} appears more than once in the request")
+            raise CodecError(f"{where} appears more than once in the request")
         shape = list(tensor.shape)
         if raw:
-            array = from_raw(raw[i], tensor.datatype, shape, label)
+            array = from_raw(raw[i], tensor.datatype, shape, where, max_elements)
         else:
-            array = from_contents(tensor.contents, tensor.datatype, shape, label)
+            array = from_contents(tensor.contents, tensor.datatype, shape, where, max_elements)
         decoded[tensor.name] = (tensor.datatype, array)
     return decoded
 
@@ -254,9 +285,7 @@ def _has_values(contents: pb.InferTensorContents) -> bool:
     return any(len(getattr(contents, f)) for f in set(TYPED_FIELDS.values()))
 
 
-def encode_outputs(
-    response: pb.ModelInferResponse, outputs: Mapping[str, tuple[str, np.ndarray]]
-) -> pb.ModelInferResponse:
+def encode_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, Tensor]) -> pb.ModelInferResponse:
     """Append every output to `response` as raw_output_contents (always raw)."""
     for name, (datatype, array) in outputs.items():
         tensor = response.outputs.add()
@@ -296,9 +325,9 @@ def decode_response(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     result: dict[str, np.ndarray] = {}
     raw = response.raw_output_contents
     for i, tensor in enumerate(response.outputs):
-        label = f"output '{tensor.name}'"
+        where = f"output '{tensor.name}'"
         if raw:
-            result[tensor.name] = from_raw(raw[i], tensor.datatype, list(tensor.shape), label)
+            result[tensor.name] = from_raw(raw[i], tensor.datatype, list(tensor.shape), where)
         else:
-            result[tensor.name] = from_contents(tensor.contents, tensor.datatype, list(tensor.shape), label)
+            result[tensor.name] = from_contents(tensor.contents, tensor.datatype, list(tensor.shape), where)
     return result

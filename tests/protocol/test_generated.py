@@ -12,10 +12,10 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as upstream_config
 from tritonclient.grpc import service_pb2 as upstream_service
 
-from modelport.client._proto import grpc_service_pb2, model_config_pb2
+from modelport.protocol.generated import grpc_service_pb2, model_config_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ROOT / "client" / "_proto"
+GENERATED = ROOT / "protos" / "generated"
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:

@@ -1,0 +1,29 @@
+"""The model repository's layout (Triton's), as every part of modelport names it:
+
+    <root>/<name>/config.pbtxt          optional (Triton ModelConfig, text format)
+    <root>/<name>/labels.txt            optional class labels
+    <root>/<name>/<version>/model.onnx  versions are folders named by integers
+    <root>/<name>/<version>/conversion.json   written by the converter
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG_FILE = "config.pbtxt"
+LABELS_FILE = "labels.txt"
+MODEL_FILE = "model.onnx"
+CONVERSION_FILE = "conversion.json"
+PLATFORM = "onnxruntime_onnx"
+
+
+def is_version_name(name: str) -> bool:
+    """Whether a folder name is a version: ASCII digits only (str.isdigit alone admits '²')."""
+    return name.isascii() and name.isdigit()
+
+
+def version_folders(model_dir: Path) -> tuple[int, ...]:
+    """The versions published in a model folder, ascending (none when it does not exist)."""
+    if not model_dir.is_dir():
+        return ()
+    return tuple(sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and is_version_name(p.name)))
