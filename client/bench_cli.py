@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from .argtypes import positive_float, positive_int
+from .cli_common import ProgressLine, add_server_options, positive_float, positive_int
 
 EPILOG = """examples:
   modelport bench --url localhost:8001 --model mlp --concurrency 1,8,32 --seconds 5
@@ -38,19 +38,12 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
-    """Add the `bench` subcommand."""
-    p = sub.add_parser(
-        "bench",
-        help="measure throughput and latency of a served model over a concurrency sweep",
-        description="Closed-loop load generator for ModelInfer: throughput (requests/s, items/s) and latency "
-        "percentiles at each concurrency level, like Triton's perf_analyzer.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("-u", "--url", default="localhost:8001", help="server address host:port (default localhost:8001)")
-    p.add_argument("-m", "--model", required=True, help="model name")
-    p.add_argument("-x", "--model-version", default="", help="model version (default: newest served)")
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `bench` subcommand's arguments."""
+    p.description = ("Closed-loop load generator for ModelInfer: throughput (requests/s, items/s) and latency "
+                     "percentiles at each concurrency level, like Triton's perf_analyzer.")  # fmt: skip
+    p.epilog = EPILOG
+    add_server_options(p)
     p.add_argument("-b", "--batch", type=positive_int, help="items per request: the batch dimension (default 1)")
     p.add_argument("--concurrency", "--concurrency-range", dest="concurrency", default="1", type=parse_concurrency,
                    help="levels: a comma list and/or start:end[:step] ranges, step +N or xN (default 1; e.g. 1,8,32 or 1:64:x2)")
@@ -67,7 +60,6 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="client worker processes sharing each level's concurrency (default 1: this process)")
     p.add_argument("--requests-per-channel", type=positive_int, default=8,
                    help="outstanding requests per gRPC channel/connection (default 8)")
-    p.add_argument("--timeout", type=positive_float, default=60.0, help="per-request deadline in seconds (default 60)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results (levels and run metadata) as JSON")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write one CSV row per level")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="plot throughput against p99 latency (needs matplotlib)")
@@ -123,20 +115,10 @@ def run(args: argparse.Namespace) -> int:
     from . import bench
 
     if args.plot is not None and not _have_matplotlib():
-        print("error: --plot needs matplotlib, which is not installed (pip install matplotlib)", file=sys.stderr)
-        return 2
+        raise ValueError("--plot needs matplotlib, which is not installed (pip install matplotlib)")
     if args.warmup < 0:
-        print("error: --warmup must be >= 0", file=sys.stderr)
-        return 2
-    try:
-        prepared = _prepare(args)
-    except _Unreachable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    request, batch, description = prepared
+        raise ValueError("--warmup must be >= 0")
+    request, batch, description = _prepare(args)
     meta = {
         "model": args.model,
         "model_version": args.model_version,
@@ -165,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         file=out,
     )
     print(format_header(), file=out, flush=True)
-    display = ProgressLine(sys.stderr)
+    display = _LevelProgress(ProgressLine(sys.stderr))
     done: list[bench.LevelResult] = []
 
     def on_level(result: bench.LevelResult) -> None:
@@ -200,13 +182,15 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     if done and sum(r.requests for r in done) == 0:
-        print("error: every request failed", file=sys.stderr)
+        print("error: every request failed", file=sys.stderr)  # the table above says how
         return 1
     return 0
 
 
 class _Unreachable(Exception):
     """The model's metadata could not be read, so no request can be built."""
+
+    exit_code = 1
 
 
 def _prepare(args: argparse.Namespace) -> tuple[bytes, int, dict[str, Any]]:
@@ -295,12 +279,11 @@ def format_errors(result) -> list[str]:
     return [f"    {e.code} x{e.count}: {e.first_message}" for e in result.error_summary]
 
 
-class ProgressLine:
-    """A one-line live display on a terminal (rewritten with \\r); a plain line per level otherwise."""
+class _LevelProgress:
+    """The sweep on stderr: a live line per level on a terminal; a plain line per level elsewhere."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.live = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, line: ProgressLine) -> None:
+        self._line = line
         self._prefix = ""
 
     def next_level(self, index: int, total: int, concurrency: int | None) -> None:
@@ -308,13 +291,10 @@ class ProgressLine:
         if concurrency is None:
             return
         self._prefix = f"[{index + 1}/{total}] concurrency {concurrency}"
-        if not self.live:
-            print(f"{self._prefix}: running", file=self.stream, flush=True)
+        self._line.say(f"{self._prefix}: running")
 
     def update(self, p) -> None:
         """Show a bench.Progress snapshot."""
-        if not self.live:
-            return
         if p.measuring:
             measured = max(1e-9, p.elapsed - p.warmup)
             text = (
@@ -323,14 +303,11 @@ class ProgressLine:
             )
         else:
             text = f"{self._prefix}: warming up {p.elapsed:4.1f}/{p.warmup:g} s"
-        self.stream.write("\r\x1b[K" + text)
-        self.stream.flush()
+        self._line.show(text, force=True)
 
     def clear(self) -> None:
         """Remove the live line before printing a result."""
-        if self.live:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+        self._line.clear()
 
 
 def _save(args: argparse.Namespace, meta: dict[str, Any], results: list) -> None:

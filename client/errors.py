@@ -8,6 +8,8 @@ import grpc
 class InferenceServerError(Exception):
     """A call failed; `code` is the gRPC status and `message` the server's explanation."""
 
+    exit_code = 1  # the `modelport` command's exit code when a call fails
+
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"[{code.name}] {message}")
         self.code = code

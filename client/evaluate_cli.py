@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import TextIO
 
-from .argtypes import positive_float, positive_int
+from .cli_common import ProgressLine, add_server_options, positive_int
 
 EPILOG = """examples:
   modelport evaluate --url localhost:8001 --model mlp --data test.npz
@@ -27,55 +25,37 @@ Exit status: 0 on success, 1 when the server fails a call, 2 for bad data or opt
 """
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
-    """Add the `evaluate` subcommand."""
-    p = sub.add_parser(
-        "evaluate",
-        help="score a served classifier on labelled data (accuracy, precision/recall/F1, confusion matrix, latency)",
-        description="Run a labelled .npz through a served classifier in batches and report accuracy,\n"
-        "per-class and macro precision/recall/F1, the confusion matrix and request latency.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("-u", "--url", default="localhost:8001", help="server address host:port (default localhost:8001)")
-    p.add_argument("-m", "--model", required=True, help="model name")
-    p.add_argument("-x", "--model-version", default="", help="model version (default: newest served)")
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `evaluate` subcommand's arguments."""
+    p.description = ("Run a labelled .npz through a served classifier in batches and report accuracy,\n"
+                     "per-class and macro precision/recall/F1, the confusion matrix and request latency.")  # fmt: skip
+    p.epilog = EPILOG
+    add_server_options(p)
     p.add_argument("--data", required=True, type=Path, metavar="FILE.npz", help=".npz with 'x' (or one array per input) and 'y'")
     p.add_argument("-b", "--batch-size", type=positive_int, default=64, help="examples per request (default 64)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="a [N, 1] probability above this is class 1 (default 0.5)")  # fmt: skip
     p.add_argument("--output", metavar="NAME", help="the output holding the predictions (needed when the model has several)")
     p.add_argument("--json", metavar="FILE|-", help="write every number as JSON to FILE, or to stdout with '-'")
-    p.add_argument("--timeout", type=positive_float, default=60.0, help="per-request deadline in seconds (default 60)")
     p.set_defaults(func=run)
-
-
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the data, evaluate, print the report (and the JSON)."""
     from . import Client, InferenceServerError
-    from .evaluate import EvaluationInputError, evaluate, load_data
+    from .evaluate import evaluate, load_data
 
-    try:
-        arrays, y = load_data(args.data)
-    except EvaluationInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    arrays, y = load_data(args.data)
     progress = ProgressLine(sys.stderr)
-    with Client(args.url, timeout=args.timeout) as client:
-        try:
+    milestones = _Milestones(progress)
+    try:
+        with Client(args.url, timeout=args.timeout) as client:
             result = evaluate(client, args.model, arrays, y, version=args.model_version, batch_size=args.batch_size,
-                              threshold=args.threshold, output=args.output, progress=progress.update)  # fmt: skip
-        except InferenceServerError as exc:
-            progress.clear()
-            print(f"error: model '{args.model}' at {args.url}: {exc}", file=sys.stderr)
-            return 1
-        except EvaluationInputError as exc:
-            progress.clear()
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    progress.clear()
+                              threshold=args.threshold, output=args.output, progress=milestones.update)  # fmt: skip
+    except InferenceServerError as exc:
+        raise InferenceServerError(exc.code, f"model '{args.model}' at {args.url}: {exc.message}") from exc
+    finally:
+        progress.clear()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     to_stdout = args.json == "-"
@@ -87,12 +67,28 @@ def run(args: argparse.Namespace) -> int:
         if to_stdout:
             print(text)
         else:
-            try:
-                Path(args.json).write_text(text + "\n")
-            except OSError as exc:
-                print(f"error: cannot write {args.json}: {exc}", file=sys.stderr)
-                return 2
+            Path(args.json).write_text(text + "\n")
     return 0
+
+
+class _Milestones:
+    """Evaluation progress: live on a terminal, plain lines at 25, 50, 75 and 100 % elsewhere."""
+
+    STEPS = 4
+
+    def __init__(self, line: ProgressLine) -> None:
+        self._line = line
+        self._next = 1
+
+    def update(self, done: int, total: int) -> None:
+        """`done` of `total` examples have their predictions."""
+        text = f"evaluating: {done}/{total} examples ({100 * done // max(total, 1)}%)"
+        self._line.show(text, force=done >= total)
+        reached = self._next
+        while self._next <= self.STEPS and done * self.STEPS >= self._next * total:
+            self._next += 1
+        if self._next > reached and done:
+            self._line.say(text)
 
 
 # ---------------------------------------------------------------- report
@@ -134,41 +130,3 @@ def format_report(result, url: str) -> list[str]:
         f"throughput {lat['examples_per_s']:.1f} examples/s ({lat['wall_s']:.2f} s in all)",
     ]
     return lines
-
-
-class ProgressLine:
-    """Progress on stderr: one line rewritten with \\r on a terminal, a few plain lines otherwise."""
-
-    PLAIN_STEPS = 4  # plain lines at 25, 50, 75 and 100 %
-
-    def __init__(self, stream: TextIO, min_interval: float = 0.1) -> None:
-        self.stream = stream
-        self.live = hasattr(stream, "isatty") and stream.isatty()
-        self.min_interval = min_interval
-        self._last = 0.0
-        self._shown = False
-        self._next_step = 1
-
-    def update(self, done: int, total: int) -> None:
-        """Show that `done` of `total` examples have their predictions."""
-        if self.live:
-            now = time.monotonic()
-            if done < total and now - self._last < self.min_interval:
-                return
-            self._last = now
-            self.stream.write(f"\revaluating: {done}/{total} examples ({100 * done // max(total, 1)}%)")
-            self.stream.flush()
-            self._shown = True
-            return
-        reached = self._next_step
-        while self._next_step <= self.PLAIN_STEPS and done * self.PLAIN_STEPS >= self._next_step * total:
-            self._next_step += 1
-        if self._next_step > reached and done:
-            print(f"evaluating: {done}/{total} examples ({100 * done // max(total, 1)}%)", file=self.stream, flush=True)
-
-    def clear(self) -> None:
-        """Remove the live line before other output."""
-        if self.live and self._shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-            self._shown = False

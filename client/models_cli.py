@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from .cli_common import add_server_options
 
 EPILOG = """examples:
   modelport models --url localhost:8001 list
@@ -12,17 +13,11 @@ EPILOG = """examples:
 """
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
-    """Add the `models` subcommand."""
-    p = sub.add_parser(
-        "models",
-        help="list, load and unload the models of a running server",
-        description="The model repository API (RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--url", default="localhost:8001", help="server address host:port (default localhost:8001)")
-    p.add_argument("--timeout", type=float, default=300.0, help="deadline in seconds (default 300: loads take time)")
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `models` subcommand's arguments."""
+    p.description = "The model repository API (RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload)."
+    p.epilog = EPILOG
+    add_server_options(p, model=False, version=False, timeout=300.0)  # loads take time
     p.add_argument("action", choices=["list", "load", "unload"], help="what to do")
     p.add_argument("name", nargs="?", help="model name (load, unload)")
     p.set_defaults(func=run)
@@ -30,24 +25,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Do the action; print the index for `list`."""
-    from . import Client, InferenceServerError
+    from . import Client
 
     if args.action != "list" and not args.name:
-        print(f"error: `modelport models {args.action}` needs a model name", file=sys.stderr)
-        return 2
+        raise ValueError(f"`modelport models {args.action}` needs a model name")
     with Client(args.url, timeout=args.timeout) as client:
-        try:
-            if args.action == "load":
-                client.load_model(args.name)
-                print(f"loaded {args.name}: versions {', '.join(client.model_metadata(args.name).versions)}")
-            elif args.action == "unload":
-                client.unload_model(args.name)
-                print(f"unloaded {args.name}")
-            else:
-                _print_index(client.repository_index())
-        except InferenceServerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        if args.action == "load":
+            client.load_model(args.name)
+            print(f"loaded {args.name}: versions {', '.join(client.model_metadata(args.name).versions)}")
+        elif args.action == "unload":
+            client.unload_model(args.name)
+            print(f"unloaded {args.name}")
+        else:
+            _print_index(client.repository_index())
     return 0
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import errno
+from pathlib import Path
 
 EPILOG = """examples:
   modelport convert model.keras --model-repository ./models --name mlp
@@ -16,18 +17,13 @@ Nothing is published when ONNX Runtime and TensorFlow disagree beyond --atol + -
 """
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
-    """Add the `convert` subcommand."""
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `convert` subcommand's arguments."""
     from .defaults import DEFAULT_ATOL, DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET, DEFAULT_RTOL
 
-    p = sub.add_parser(
-        "convert",
-        help="convert a TensorFlow/Keras model to ONNX, check parity, publish a new version",
-        description="Convert a .keras, .h5 or SavedModel to ONNX (tf2onnx), check it against TensorFlow "
-        "on a sample, and publish it atomically as a new version of a model repository.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p.description = ("Convert a .keras, .h5 or SavedModel to ONNX (tf2onnx), check it against TensorFlow "
+                     "on a sample, and publish it atomically as a new version of a model repository.")  # fmt: skip
+    p.epilog = EPILOG
     p.add_argument("source", help=".keras or .h5 file, or a SavedModel folder")
     p.add_argument("--model-repository", required=True, help="repository folder (created if missing)")
     p.add_argument("--name", required=True, help="model name (the folder under the repository)")
@@ -43,22 +39,15 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert; exit 1 when the parity gate fails, 2 on bad input."""
-    try:
-        from .pipeline import ParityError, convert
-        from .publish import VersionExists
-    except ImportError as exc:
-        print(f"error: modelport convert needs the convert extra: pip install 'modelport[convert]' ({exc})", file=sys.stderr)
-        return 2
-    try:
-        convert(
-            args.source, args.model_repository, args.name, version=args.version, opset=args.opset,
-            sample=args.sample, atol=args.atol, rtol=args.rtol, max_batch_size=args.max_batch_size,
-        )
-    except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (VersionExists, ValueError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """Convert; a failing parity gate exits 1 (ParityError.exit_code), bad input 2."""
+    # Checked before TensorFlow is imported (seconds): a wrong path is the commonest mistake.
+    for path in (args.source, args.sample):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(errno.ENOENT, "no such file or folder", path)
+    from .pipeline import convert
+
+    convert(
+        args.source, args.model_repository, args.name, version=args.version, opset=args.opset,
+        sample=args.sample, atol=args.atol, rtol=args.rtol, max_batch_size=args.max_batch_size,
+    )  # fmt: skip
     return 0

@@ -34,6 +34,8 @@ METHODS = ("int8-dynamic", "int8-static", "fp16", "optimize")
 class AccuracyGateError(RuntimeError):
     """The compressed model lost more than allowed; nothing was published."""
 
+    exit_code = 1  # the `modelport compress` exit code
+
 
 @dataclass(frozen=True)
 class Speed:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """examples:
   modelport compress --model-repository ./models --name cnn --method int8-static \\
@@ -18,16 +17,11 @@ Without --eval, the gate compares predictions with the source version on the cal
 """
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
-    """Add the `compress` subcommand."""
-    p = sub.add_parser(
-        "compress",
-        help="quantize / convert to fp16 / optimise a published model, publish only if accuracy holds",
-        description="Make a new version of a model with ONNX Runtime's compression tools; publish it only "
-        "when the metric on --eval data drops by at most --max-accuracy-drop.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `compress` subcommand's arguments."""
+    p.description = ("Make a new version of a model with ONNX Runtime's compression tools; publish it only "
+                     "when the metric on --eval data drops by at most --max-accuracy-drop.")  # fmt: skip
+    p.epilog = EPILOG
     p.add_argument("--model-repository", required=True, help="repository folder")
     p.add_argument("--name", required=True, help="model name")
     p.add_argument("--from-version", type=int, help="version to compress (default: the latest)")
@@ -40,19 +34,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compress; 1 when the gate refuses, 2 on bad input."""
-    from .compress import AccuracyGateError, compress
+    """Compress; a refusing gate exits 1 (AccuracyGateError.exit_code), bad input 2."""
+    from .compress import compress
 
-    try:
-        compress(
-            args.model_repository, args.name, args.method, from_version=args.from_version,
-            calibration=args.calibration, eval_data=args.eval_data, max_accuracy_drop=args.max_accuracy_drop,
-            threshold=args.threshold,
-        )
-    except AccuracyGateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    compress(
+        args.model_repository, args.name, args.method, from_version=args.from_version,
+        calibration=args.calibration, eval_data=args.eval_data, max_accuracy_drop=args.max_accuracy_drop,
+        threshold=args.threshold,
+    )  # fmt: skip
     return 0

@@ -24,6 +24,8 @@ from .stats import input_statistics, weight_sparsity
 class ParityError(RuntimeError):
     """ONNX Runtime disagrees with TensorFlow beyond tolerance; nothing was published."""
 
+    exit_code = 1  # the `modelport convert` exit code
+
     def __init__(self, report: parity.ParityReport) -> None:
         worst = report.worst()
         super().__init__(

@@ -24,10 +24,13 @@ class MissingInputs(ValueError):
 def load_arrays(path: Path | str) -> dict[str, np.ndarray]:
     """The arrays of an .npz file by name; an .npy file's array as `x`."""
     path = Path(path)
-    loaded = np.load(path, allow_pickle=False)
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            return {k: loaded[k] for k in loaded.files}
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {k: loaded[k] for k in loaded.files}
+    except ValueError as exc:  # numpy's message for a file that is neither is about pickles
+        raise ValueError(f"{path} is not a .npy or .npz file numpy can read without pickle ({exc})") from None
     return {"x": loaded}
 
 

@@ -9,6 +9,7 @@ import types
 import typing
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from .settings import ServerSettings
@@ -54,16 +55,11 @@ def shown_default(field: FieldInfo) -> str:
     return "none" if value is None else str(value)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `serve` subcommand."""
-    p = sub.add_parser(
-        "serve",
-        help="serve a model repository over the KServe v2 gRPC protocol",
-        description="Load every model of a Triton-layout repository into ONNX Runtime and serve it over gRPC "
-        "(inference.GRPCInferenceService, grpc.health.v1, server reflection).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def configure(p: argparse.ArgumentParser) -> None:
+    """The `serve` subcommand's arguments: one per settings field."""
+    p.description = ("Load every model of a Triton-layout repository into ONNX Runtime and serve it over gRPC "
+                     "(inference.GRPCInferenceService, grpc.health.v1, server reflection).")  # fmt: skip
+    p.epilog = EPILOG
     for name, field in ServerSettings.model_fields.items():
         p.add_argument(flag_of(name, field), dest=name, **_argument(field))
     p.set_defaults(func=run)
@@ -98,6 +94,22 @@ def _kind(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """The flags given, over MODELPORT_* variables, over the defaults; a bad value is a ValueError
+    naming the flag, the variable and what was expected."""
+    given = {name: getattr(args, name) for name in ServerSettings.model_fields if getattr(args, name, None) is not None}
+    try:
+        return ServerSettings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            field = ServerSettings.model_fields.get(name)
+            where = f"{flag_of(name, field)} / MODELPORT_{name.upper()}" if field else name
+            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+        raise ValueError("bad server settings: " + "; ".join(problems)) from None
+
+
 def _extra(field: FieldInfo) -> dict[str, Any]:
     return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
 
@@ -109,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import run as serve
     from .logs import configure
 
-    given = {name: getattr(args, name) for name in ServerSettings.model_fields if getattr(args, name, None) is not None}
-    settings = ServerSettings(**given)
+    settings = settings_from(args)
     if not settings.model_repository.is_dir():
         raise FileNotFoundError(f"the model repository {settings.model_repository} is not a directory")
     configure(settings.log_level, settings.log_format)

@@ -30,7 +30,7 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MODELPORT_", protected_namespaces=())
 
-    model_repository: Path = option(..., "the model repository: <name>/<version>/model.onnx", metavar="DIR")
+    model_repository: Path = option(..., "the model repository: `<name>/<version>/model.onnx`", metavar="DIR")
     grpc_port: int = option(8001, "gRPC port; 0 picks a free one (the log line `listening on HOST:PORT` tells which)",
                             metavar="N", ge=0, le=65535)  # fmt: skip
     host: str = option("0.0.0.0", "address to bind", metavar="ADDR")

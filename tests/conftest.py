@@ -1,4 +1,4 @@
-"""Shared fixtures: real modelport servers on port 0."""
+"""Shared fixtures (real modelport servers on port 0) and the `slow` marker."""
 
 from __future__ import annotations
 
@@ -8,6 +8,26 @@ from pathlib import Path
 import pytest
 
 from modelport.server.background import BackgroundServer
+
+# Marked `slow` by where they live: soak, fuzz-heavy, TensorFlow (converter), Prometheus and
+# Kubernetes tests. `make test` runs everything; `pytest -m "not slow"` is the quick loop.
+SLOW = (
+    "tests/converter/",
+    "tests/k8s/",
+    "tests/server/test_soak.py",
+    "tests/server/test_fuzz.py",
+    "tests/protocol/test_codec_fuzz.py",
+    "tests/server/test_prometheus.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests under SLOW."""
+    root = Path(config.rootpath)
+    for item in items:
+        where = Path(item.path).relative_to(root).as_posix()
+        if where.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -190,3 +190,33 @@ def test_unsupported_extensions_answer_unimplemented(server) -> None:
     peer = triton.InferenceServerClient(server.address)
     with pytest.raises(Exception, match="UNIMPLEMENTED"):
         peer.get_system_shared_memory_status()
+
+
+def test_declared_rpcs_modelport_lacks_name_themselves_and_the_alternative(server, caplog) -> None:
+    """perf_analyzer's `--shared-memory system` calls SystemSharedMemoryRegister: UNIMPLEMENTED with
+    a message naming the RPC and what to do instead, and one log line per call, no traceback."""
+    peer = triton.InferenceServerClient(server.address)
+    calls = {
+        "SystemSharedMemoryRegister": lambda: peer.register_system_shared_memory("r", "/shm", 64),
+        "SystemSharedMemoryStatus": peer.get_system_shared_memory_status,
+        "CudaSharedMemoryRegister": lambda: peer.register_cuda_shared_memory("r", b"", 0, 64),
+        "TraceSetting": peer.get_trace_settings,
+        "LogSettings": peer.get_log_settings,
+    }
+    with caplog.at_level("INFO", logger="modelport"):
+        for name, call in calls.items():
+            with pytest.raises(triton.InferenceServerException) as err:
+                call()
+            assert err.value.status() == "StatusCode.UNIMPLEMENTED", name
+            assert name in err.value.message() and "modelport" in err.value.message()
+        with grpc.insecure_channel(server.address) as channel:
+            from modelport.protocol.generated import grpc_service_pb2 as pb
+            from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+
+            with pytest.raises(grpc.RpcError) as rpc:
+                pb_grpc.GRPCInferenceServiceStub(channel).SystemSharedMemoryRegister(
+                    pb.SystemSharedMemoryRegisterRequest(name="r", key="/shm", byte_size=64))
+            assert rpc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "send the tensors in the request" in rpc.value.details()
+    lines = [r for r in caplog.records if "UNIMPLEMENTED" in r.getMessage()]
+    assert len(lines) == len(calls) + 1 and not any(r.exc_info for r in caplog.records)
