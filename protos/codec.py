@@ -156,7 +156,10 @@ def to_raw(array: np.ndarray, datatype: str | None = None) -> bytes:
     if datatype == "BYTES":
         return serialize_bytes(array)
     dtype = NUMPY_DTYPES[datatype]
-    return np.ascontiguousarray(array, dtype=dtype).tobytes()
+    # tobytes() writes row-major whatever the array's layout; only another dtype needs a cast.
+    if isinstance(array, np.ndarray) and array.dtype == dtype:
+        return array.tobytes()
+    return np.asarray(array, dtype=dtype).tobytes()
 
 
 def from_contents(
@@ -256,29 +259,36 @@ def decode_inputs(request: pb.ModelInferRequest, max_elements: int = 0) -> dict[
     equal the number of inputs; names must be unique; no tensor may declare more than
     `max_elements` elements (when given).
     """
+    # One pass over the inputs, with the shape as a tuple: iterating protobuf's repeated fields
+    # costs more than decoding a small tensor, and this runs for every request.
     raw = request.raw_input_contents
-    typed = [t.name for t in request.inputs if t.HasField("contents") and _has_values(t.contents)]
-    if raw and typed:
+    inputs = request.inputs
+    if raw and len(raw) != len(inputs):
+        typed = next((t for t in inputs if t.HasField("contents") and _has_values(t.contents)), None)
+        if typed is not None:  # the likelier cause of the miscount: say that
+            raise _mixed(f"input '{typed.name}'")
         raise CodecError(
-            f"request mixes raw_input_contents with typed contents (input '{typed[0]}'); use one or the other"
-        )
-    if raw and len(raw) != len(request.inputs):
-        raise CodecError(
-            f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents buffers; "
-            "expected one buffer per input"
+            f"request has {len(inputs)} inputs but {len(raw)} raw_input_contents buffers; expected one buffer per input"
         )
     decoded: dict[str, Tensor] = {}
-    for i, tensor in enumerate(request.inputs):
-        where = f"input '{tensor.name}'"
-        if tensor.name in decoded:
+    for i, tensor in enumerate(inputs):
+        name, datatype = tensor.name, tensor.datatype
+        where = f"input '{name}'"
+        if name in decoded:
             raise CodecError(f"{where} appears more than once in the request")
-        shape = list(tensor.shape)
-        if raw:
-            array = from_raw(raw[i], tensor.datatype, shape, where, max_elements)
+        shape = tuple(tensor.shape)
+        if not raw:
+            array = from_contents(tensor.contents, datatype, shape, where, max_elements)
+        elif tensor.HasField("contents") and _has_values(tensor.contents):
+            raise _mixed(where)
         else:
-            array = from_contents(tensor.contents, tensor.datatype, shape, where, max_elements)
-        decoded[tensor.name] = (tensor.datatype, array)
+            array = from_raw(raw[i], datatype, shape, where, max_elements)
+        decoded[name] = (datatype, array)
     return decoded
+
+
+def _mixed(where: str) -> CodecError:
+    return CodecError(f"request mixes raw_input_contents with typed contents ({where}); use one or the other")
 
 
 def _has_values(contents: pb.InferTensorContents) -> bool:
@@ -287,12 +297,10 @@ def _has_values(contents: pb.InferTensorContents) -> bool:
 
 def encode_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, Tensor]) -> pb.ModelInferResponse:
     """Append every output to `response` as raw_output_contents (always raw)."""
+    raw = response.raw_output_contents
     for name, (datatype, array) in outputs.items():
-        tensor = response.outputs.add()
-        tensor.name = name
-        tensor.datatype = datatype
-        tensor.shape.extend(array.shape)
-        response.raw_output_contents.append(to_raw(array, datatype))
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        raw.append(to_raw(array, datatype))
     return response
 
 

@@ -70,14 +70,37 @@ def _reflection_pool():
     return _pool.POOL
 
 
+def build_dataplane(settings: ServerSettings, registry: ModelRegistry) -> tuple[DataPlane, QualityMonitor]:
+    """The data plane over `registry` with the settings' limits and every observer (online
+    quality, drift, predicted classes); the quality monitor also answers label reports."""
+    quality = QualityMonitor(settings.quality_window, settings.quality_pending)
+    observers = [quality, DriftObserver(), PredictedClassCounter()]
+    return DataPlane(registry, Limits.of(settings), settings.model_control_mode, observers), quality
+
+
+def add_services(server, dataplane: DataPlane, quality: QualityMonitor) -> HealthServicer:
+    """Add inference, feedback, health and reflection to `server` (a grpc.aio.Server, or anything
+    with its two registration methods), every method parsing its requests tolerantly."""
+    registrar = TolerantRegistrar(server)  # requests that do not parse: INVALID_ARGUMENT, not UNKNOWN
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), registrar)
+    feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), registrar)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
+    names = [SERVICE_NAME, feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]  # fmt: skip
+    # What reflection.enable_server_reflection does for a grpc.aio server, through the registrar.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(names, pool=_reflection_pool()), registrar
+    )
+    return health
+
+
 async def start_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
     """Load the repository (unless a registry is given), bind, start serving."""
     if registry is None:
         registry = ModelRegistry(settings.model_repository, LoaderSettings.of(settings))
         await registry.load_all(_startup_models(settings))
-    quality = QualityMonitor(settings.quality_window, settings.quality_pending)
-    observers = [quality, DriftObserver(), PredictedClassCounter()]
-    dataplane = DataPlane(registry, Limits.of(settings), settings.model_control_mode, observers)
+    dataplane, quality = build_dataplane(settings, registry)
     interceptors = [AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health)] if settings.auth_token_file else []
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -89,16 +112,7 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
             *_connection_age(settings),
         ],
     )
-    registrar = TolerantRegistrar(server)  # requests that do not parse: INVALID_ARGUMENT, not UNKNOWN
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), registrar)
-    feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), registrar)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
-    names = [SERVICE_NAME, feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-    # What reflection.enable_server_reflection does for a grpc.aio server, through the registrar.
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer(names, pool=_reflection_pool()), registrar
-    )
+    health = add_services(server, dataplane, quality)
     host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
     port = _bind(server, f"{host}:{settings.grpc_port}", settings)
     if port == 0:

@@ -164,8 +164,11 @@ class DataPlane:
             if request.error:
                 raise InvalidInput(f"{model.where}: {request.error}")
             validate(model.where, model.signature, model.spec.max_batch_size, request)
-            wanted = request.outputs or model.default_outputs
-            results, timing = await model.scheduler.submit(request.inputs, [w.name for w in wanted], request.deadline)
+            if request.outputs:
+                wanted, names = request.outputs, [w.name for w in request.outputs]
+            else:
+                wanted, names = model.default_outputs, model.default_output_names
+            results, timing = await model.scheduler.submit(request.inputs, names, request.deadline)
             output_start = time.perf_counter_ns()
             outputs = _shape_outputs(model, wanted, results)
             output_ns = time.perf_counter_ns() - output_start
@@ -174,7 +177,6 @@ class DataPlane:
             raise
         rows = next(iter(request.inputs.values()))[1].shape[0] if model.spec.max_batch_size > 0 else 1
         model.stats.record_success(time.perf_counter_ns() - start, timing, output_ns, rows)
-        model.stats.record_output(timing.batch_size, output_ns)
         if self.observers:
             self._observe(Inference(model, request, results, model.sampler.tick()))
         return InferenceResponse(model.name, str(model.version), request.id, outputs)

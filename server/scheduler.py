@@ -70,13 +70,17 @@ class Instance:
         return None if self.cost_ns is None else self.cost_ns[0] + self.cost_ns[1] * rows
 
     async def run(
-        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None, where: str = ""
+        self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None, where: str = "",
+        rows: int | None = None,
     ) -> tuple[Results, int, int]:
         """Run off the event loop unless it is very short: (results, start time, run time in ns).
         DeadlineExceeded when `deadline` (time.monotonic) passes while the run waits for the
         instance; a run that has started finishes, as in Triton."""
-        if self._runs_inline(rows_of(inputs)):
-            return self._timed(inputs, outputs, deadline, where)
+        # Inline when the loop may take it: _runs_inline(), written out (this runs for every request).
+        cost = self.cost_ns
+        if self._inline and not self.busy and cost is not None:
+            if cost[0] + cost[1] * (rows_of(inputs) if rows is None else rows) < INLINE_MAX_NS:
+                return self._timed(inputs, outputs, deadline, where)
         return await self._on_thread(self._timed, inputs, outputs, deadline, where)
 
     async def run_batch(
@@ -107,13 +111,14 @@ class Instance:
         # Never while the thread holds a run: one batch at a time per instance.
         if not self._inline or self.busy:
             return False
-        predicted = self.predicted_ns(rows)
-        return predicted is not None and predicted < INLINE_MAX_NS
+        cost = self.cost_ns  # predicted_ns(), inlined: this runs for every request
+        return cost is not None and cost[0] + cost[1] * rows < INLINE_MAX_NS
 
     def _timed(
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None, where: str
     ) -> tuple[Results, int, int]:
-        _check_deadline(where or self.model.where, deadline)
+        if deadline is not None:
+            _check_deadline(where or self.model.where, deadline)
         start = time.perf_counter_ns()
         results = self.model.run(inputs, outputs)
         return results, start, time.perf_counter_ns() - start
@@ -141,9 +146,10 @@ class DirectScheduler:
     ) -> tuple[Results, Timing]:
         """Run one request; DeadlineExceeded if its deadline passes before it starts."""
         submitted = time.perf_counter_ns()
-        instance = min(self.instances, key=lambda i: i.busy)
-        results, started, infer_ns = await instance.run(inputs, outputs, deadline, self.where)
+        instances = self.instances
+        instance = instances[0] if len(instances) == 1 else min(instances, key=lambda i: i.busy)
         rows = rows_of(inputs)
+        results, started, infer_ns = await instance.run(inputs, outputs, deadline, self.where, rows)
         self.stats.record_execution(rows, 0, infer_ns)
         return results, Timing(started - submitted, 0, infer_ns, rows)
 

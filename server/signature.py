@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelport.protocol.types import TensorSpec
 
@@ -13,11 +13,20 @@ class Signature:
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # By name, for lookups on the request path.
+    input_names: frozenset[str] = field(init=False, repr=False, compare=False)
+    _inputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    _outputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_names", frozenset(t.name for t in self.inputs))
+        object.__setattr__(self, "_inputs", {t.name: t for t in self.inputs})
+        object.__setattr__(self, "_outputs", {t.name: t for t in self.outputs})
 
     def input(self, name: str) -> TensorSpec | None:
         """The input called `name`, if any."""
-        return next((t for t in self.inputs if t.name == name), None)
+        return self._inputs.get(name)
 
     def output(self, name: str) -> TensorSpec | None:
         """The output called `name`, if any."""
-        return next((t for t in self.outputs if t.name == name), None)
+        return self._outputs.get(name)

@@ -13,12 +13,12 @@ from modelport.protocol.types import InferenceRequest, TensorSpec
 
 def validate(where: str, signature: Signature, max_batch_size: int, request: InferenceRequest) -> None:
     """Raise InvalidInput unless `request` fits `signature` exactly."""
-    expected = [t.name for t in signature.inputs]
-    missing = [name for name in expected if name not in request.inputs]
-    if missing:
-        raise InvalidInput(f"{where}: missing input {_names(missing)}; the model expects inputs {expected}")
-    extra = [name for name in request.inputs if signature.input(name) is None]
-    if extra:
+    if request.inputs.keys() != signature.input_names:
+        expected = [t.name for t in signature.inputs]
+        missing = [name for name in expected if name not in request.inputs]
+        if missing:
+            raise InvalidInput(f"{where}: missing input {_names(missing)}; the model expects inputs {expected}")
+        extra = [name for name in request.inputs if signature.input(name) is None]
         raise InvalidInput(f"{where}: unexpected input {_names(extra)}; the model expects inputs {expected}")
     batch = None
     for spec in signature.inputs:

@@ -36,10 +36,13 @@ class ModelVersion:
     drift: DriftTracker | None = None
     in_flight: int = 0
     _idle: asyncio.Event | None = field(default=None, repr=False)
-    default_outputs: list[RequestedOutput] = field(init=False, repr=False)  # for requests that name none
+    # What a request that names no outputs gets: all of them (kept, not rebuilt per request).
+    default_outputs: list[RequestedOutput] = field(init=False, repr=False)
+    default_output_names: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.default_outputs = [RequestedOutput(t.name) for t in self.signature.outputs]
+        self.default_output_names = [t.name for t in self.signature.outputs]
 
     @property
     def where(self) -> str:
