@@ -63,6 +63,7 @@ class ModelRegistry:
         self.root = root
         self.settings = settings or LoaderSettings.of(ServerSettings.defaults())
         self.load_failures: dict[tuple[str, int], int] = {}  # (model, version) -> failed loads, for metrics
+        self.polls = 0  # poll() rounds completed
         self._entries: dict[str, ModelEntry] = {}
         self._retiring: set[asyncio.Task] = set()
         self.listeners: list[Callable[[str], None]] = []  # told the model name after every change
@@ -269,6 +270,7 @@ class ModelRegistry:
             if name not in on_disk and (entry.versions or entry.wanted):
                 event(log, logging.INFO, "model_removed", model=name)
                 await self.unload(name)
+        self.polls += 1
 
     def _set_state(self, entry: ModelEntry, version: int, state: VersionState) -> None:
         entry.states[version] = state

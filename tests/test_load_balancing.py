@@ -29,11 +29,15 @@ def served(process: ServerProcess) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def wait_until(condition, message: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
+
+
 def wait_for_metrics_line(process: ServerProcess) -> None:
-    deadline = time.monotonic() + 30
-    while not any("metrics on" in line for line in process.log):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: any("metrics on" in line for line in process.log), "no metrics line")
 
 
 @pytest.fixture
@@ -69,19 +73,15 @@ def test_round_robin_failover_and_recovery(repo: Path) -> None:
         threads = [threading.Thread(target=load) for _ in range(4)]
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        wait_until(lambda: done[0] >= 50, "no traffic under load")
         port = replicas[0].address.rsplit(":", 1)[1]
         assert replicas[0].stop() == 0  # SIGTERM under load: drains, exits cleanly
         before = done[0]
-        time.sleep(1.0)
-        assert done[0] > before, "traffic stopped with one replica down"
+        wait_until(lambda: done[0] >= before + 100, "traffic stopped with one replica down")
         # The replica comes back on its port and gets traffic again.
         replicas[0] = ServerProcess(repo, *age, "--grpc-port", port)
         wait_for_metrics_line(replicas[0])
-        deadline = time.monotonic() + 20
-        while served(replicas[0]) < 20:
-            assert time.monotonic() < deadline, "the restarted replica got no traffic"
-            time.sleep(0.2)
+        wait_until(lambda: served(replicas[0]) >= 20, "the restarted replica got no traffic", timeout=20)
         stop.set()
         for thread in threads:
             thread.join()
