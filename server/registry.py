@@ -261,7 +261,9 @@ class ModelRegistry:
         on_disk = scan(self.root)
         for name, directory in on_disk.items():
             entry = self._entries.get(name)
-            if entry is None or model_stamp(directory.path) != entry.seen:
+            # An entry no longer wanted was unloaded because its folder went away: the folder is
+            # back (perhaps with the very files it had), so it loads again.
+            if entry is None or not entry.wanted or model_stamp(directory.path) != entry.seen:
                 try:
                     await self.load(name)
                 except ModelportError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,10 @@ class Instance:
     def __init__(self, model: OnnxModel, index: int, inline: bool = True) -> None:
         self.model = model
         self.on_gpu = model.providers[0] != "CPUExecutionProvider"
-        self.busy = 0
+        # Runs handed to the thread and not finished there, oldest first (one worker: they finish
+        # in order). Counted by their futures, not by their callers: a caller cancelled mid-run
+        # leaves the thread busy, and the instance must say so.
+        self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
         self.cost_ns: tuple[float, float] | None = None  # (fixed, per row) of one run
         self._inline = inline and not self.on_gpu
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{model.where}#{index}")
@@ -62,7 +66,11 @@ class Instance:
         elif one_row_seconds is None:
             self.cost_ns = (total, total / rows)
         else:
-            per_row = max(total - one_row_seconds * 1e9, 0.0) / (rows - 1)
+            difference = total - one_row_seconds * 1e9
+            # When timing noise makes the one-row run look as dear as the large one, the cost per
+            # row is too small to measure: take its upper bound (the large run's time per row), so
+            # that no batch size is ever predicted free and large batches still leave the loop.
+            per_row = difference / (rows - 1) if difference > 0 else total / rows
             self.cost_ns = (max(one_row_seconds * 1e9 - per_row, 0.0), per_row)
 
     def predicted_ns(self, rows: int) -> float | None:
@@ -91,12 +99,18 @@ class Instance:
         (results, start time, run time, merge time in ns)."""
         return await self._on_thread(self._merged_run, merge, batch, rows, outputs)
 
+    @property
+    def busy(self) -> int:
+        """Runs handed to this instance's thread that have not finished."""
+        pending = self._pending
+        while pending and pending[0].done():
+            pending.popleft()
+        return len(pending)
+
     async def _on_thread(self, function: Callable, *args):
-        self.busy += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        finally:
-            self.busy -= 1
+        future = self._executor.submit(function, *args)
+        self._pending.append(future)
+        return await asyncio.wrap_future(future)
 
     def _merged_run(
         self, merge: Callable[[list, int], dict[str, Tensor]], batch: list, rows: int, outputs: Sequence[str]

@@ -115,13 +115,6 @@ def peer(server: BackgroundServer) -> Iterator[triton.InferenceServerClient]:
     upstream.close()
 
 
-@pytest.fixture(scope="module")
-def stub(server: BackgroundServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
-    channel = grpc.insecure_channel(server.address)
-    yield pb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
-
-
 # ---------------------------------------------------------------- round trips
 
 

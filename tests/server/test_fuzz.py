@@ -44,9 +44,9 @@ from onnx import TensorProto
 
 from modelport.protocol import codec
 from modelport.protocol.generated import grpc_service_pb2 as pb
-from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 from modelport.server.background import BackgroundServer
 from tests import models
+from tests.server.configs import DYNAMIC_BATCHED_CONFIG
 
 OK = "OK"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -73,19 +73,6 @@ FUZZ = settings(
     print_blob=True,
 )
 
-BATCHED_CONFIG = """
-max_batch_size: 4
-input [
-  { name: "a" data_type: TYPE_FP32 dims: [ 4 ] },
-  { name: "b" data_type: TYPE_FP32 dims: [ 4 ] }
-]
-output [
-  { name: "sum" data_type: TYPE_FP32 dims: [ 4 ] },
-  { name: "prod" data_type: TYPE_FP32 dims: [ 4 ] }
-]
-dynamic_batching { max_queue_delay_microseconds: 500 }
-"""
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -111,19 +98,10 @@ MODELS: dict[str, ModelSpec] = {
 def repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fuzz-repo")
     models.save(models.add_mul(), root, "add_mul")
-    models.save(models.add_mul(), root, "add_mul_b4", config=BATCHED_CONFIG)
+    models.save(models.add_mul(), root, "add_mul_b4", config=DYNAMIC_BATCHED_CONFIG)
     models.save(models.identity(TensorProto.STRING, (None, 2)), root, "strings")
     models.save(models.identity(TensorProto.INT64, (None, 3)), root, "int64")
     return root
-
-
-@pytest.fixture(scope="module")
-def stub(server: BackgroundServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
-    channel = grpc.insecure_channel(
-        server.address, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    )
-    yield pb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
 
 
 @pytest.fixture(scope="module")

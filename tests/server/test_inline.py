@@ -81,3 +81,17 @@ def test_a_fixed_cost_per_call_is_not_mistaken_for_a_cheap_row(tmp_path: Path) -
     assert probe.predicted_ns(1) < 2_000 and probe.predicted_ns(32) < INLINE_MAX_NS
     probe.close()
     asyncio.run(registry.close())
+
+
+def test_timing_noise_never_makes_rows_free(tmp_path: Path) -> None:
+    """A one-row warm-up that happened to run slower than the large one: the cost per row is taken
+    at its upper bound, so a large enough batch still leaves the event loop."""
+    from modelport.server.scheduler import Instance
+
+    registry, instance = _instance(tmp_path, models.scale(2.0, width=3), "max_batch_size: 8")
+    probe = Instance(instance.model, 9)
+    probe.expect(0.000010, 64, one_row_seconds=0.000012)  # 10 us for 64 rows, 12 us for one
+    assert probe.cost_ns[1] > 0 and 11_000 < probe.predicted_ns(1) < 13_000
+    assert probe.predicted_ns(1024) >= INLINE_MAX_NS
+    probe.close()
+    asyncio.run(registry.close())

@@ -8,7 +8,7 @@ of these requests before they leave the process; a few cases also go through bot
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,24 +23,11 @@ from modelport.client import Client, InferenceServerError
 from modelport.protocol import codec
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
-from modelport.server.background import BackgroundServer
 from tests import models
+from tests.server.configs import BATCHED_CONFIG
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
-
-# Triton style: with max_batch_size > 0 the dims exclude the batch dimension.
-BATCHED_CONFIG = """
-max_batch_size: 4
-input [
-  { name: "a" data_type: TYPE_FP32 dims: [ 4 ] },
-  { name: "b" data_type: TYPE_FP32 dims: [ 4 ] }
-]
-output [
-  { name: "sum" data_type: TYPE_FP32 dims: [ 4 ] },
-  { name: "prod" data_type: TYPE_FP32 dims: [ 4 ] }
-]
-"""
 
 A = np.arange(8, dtype=np.float32).reshape(2, 4)
 B = np.full((2, 4), 3.0, dtype=np.float32)
@@ -58,13 +45,6 @@ def repo(tmp_path_factory) -> Path:
     models.save(models.identity(TensorProto.FLOAT16), root, "half")
     models.save(models.cast(TensorProto.BFLOAT16, TensorProto.FLOAT), root, "bf16")
     return root
-
-
-@pytest.fixture(scope="module")
-def stub(server: BackgroundServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
-    channel = grpc.insecure_channel(server.address)
-    yield pb_grpc.GRPCInferenceServiceStub(channel)
-    channel.close()
 
 
 # ---------------------------------------------------------------- request builders
