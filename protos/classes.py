@@ -7,7 +7,7 @@ Keras counts); [N, C >= 2] scores give the argmax; integer [N] / [N, 1] outputs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,9 +19,9 @@ class ClassDecodingError(ValueError):
     """The output cannot be read as classes (its shape or dtype)."""
 
 
-@dataclass(frozen=True)
-class Decoded:
-    """Predicted classes and how they were read from the model's output."""
+class Decoded(NamedTuple):
+    """Predicted classes and how they were read from the model's output (a tuple: the class
+    counters build one per sampled request)."""
 
     labels: np.ndarray
     mode: str  # "sigmoid" (thresholded), "argmax" or "labels" (integer output used as is)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -90,14 +91,25 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True)
+class Malformed:
+    """What a request whose bytes do not parse as the method's message is replaced by (see
+    malformed.TolerantRegistrar); `message` says what failed to parse."""
+
+    message: str
+
+
 def rpc_errors(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     """Run a unary RPC handler, turning any error into a status with a clear message: a domain
     error is logged in one line; anything else is a bug, logged with its traceback, and the
-    caller gets INTERNAL while the server keeps serving."""
+    caller gets INTERNAL while the server keeps serving. A Malformed request is INVALID_ARGUMENT
+    (checked here, so the tolerant registrar need not wrap these handlers once more)."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext) -> R:
         try:
+            if type(request) is Malformed:
+                raise InvalidInput(request.message)
             return await method(self, request, context)
         except ModelportError as exc:
             code, message = status_of(exc)
@@ -107,4 +119,5 @@ def rpc_errors(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R
             log.exception("request failed unexpectedly: rpc=%s", method.__name__)
         await context.abort(code, message)
 
+    wrapper.checks_malformed = True  # type: ignore[attr-defined]
     return wrapper

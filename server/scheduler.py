@@ -84,12 +84,9 @@ class Instance:
         """Run off the event loop unless it is very short: (results, start time, run time in ns).
         DeadlineExceeded when `deadline` (time.monotonic) passes while the run waits for the
         instance; a run that has started finishes, as in Triton."""
-        # Inline when the loop may take it: _runs_inline(), written out (this runs for every request).
-        cost = self.cost_ns
-        if self._inline and not self.busy and cost is not None:
-            if cost[0] + cost[1] * (rows_of(inputs) if rows is None else rows) < INLINE_MAX_NS:
-                return self._timed(inputs, outputs, deadline, where)
-        return await self._on_thread(self._timed, inputs, outputs, deadline, where)
+        if self.runs_inline(rows_of(inputs) if rows is None else rows):
+            return self.timed(inputs, outputs, deadline, where)
+        return await self._on_thread(self.timed, inputs, outputs, deadline, where)
 
     async def run_batch(
         self, merge: Callable[[list, int], dict[str, Tensor]], batch: list, rows: int, outputs: Sequence[str]
@@ -121,16 +118,17 @@ class Instance:
         results = self.model.run(inputs, outputs)
         return results, start, time.perf_counter_ns() - start, start - merge_start
 
-    def _runs_inline(self, rows: int) -> bool:
-        # Never while the thread holds a run: one batch at a time per instance.
-        if not self._inline or self.busy:
-            return False
-        cost = self.cost_ns  # predicted_ns(), inlined: this runs for every request
-        return cost is not None and cost[0] + cost[1] * rows < INLINE_MAX_NS
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a run of `rows` rows goes inline on the event loop now: predicted shorter than
+        the hop to the thread, and never while the thread holds a run (one batch at a time)."""
+        cost = self.cost_ns  # predicted_ns(), written out: this runs for every request
+        return self._inline and cost is not None and cost[0] + cost[1] * rows < INLINE_MAX_NS and not self.busy
 
-    def _timed(
+    def timed(
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None, where: str
     ) -> tuple[Results, int, int]:
+        """Run on the calling thread: (results, start time, run time in ns); DeadlineExceeded
+        first when `deadline` has passed."""
         if deadline is not None:
             _check_deadline(where or self.model.where, deadline)
         start = time.perf_counter_ns()
@@ -163,7 +161,10 @@ class DirectScheduler:
         instances = self.instances
         instance = instances[0] if len(instances) == 1 else min(instances, key=lambda i: i.busy)
         rows = rows_of(inputs)
-        results, started, infer_ns = await instance.run(inputs, outputs, deadline, self.where, rows)
+        if instance.runs_inline(rows):  # no coroutine for the common small-model case
+            results, started, infer_ns = instance.timed(inputs, outputs, deadline, self.where)
+        else:
+            results, started, infer_ns = await instance.run(inputs, outputs, deadline, self.where, rows)
         self.stats.record_execution(rows, 0, infer_ns)
         return results, Timing(started - submitted, 0, infer_ns, rows)
 
