@@ -21,6 +21,7 @@ from .dataplane import DataPlane, Limits
 from .drift import DriftObserver
 from .feedback import FeedbackServicer
 from .loader import LoaderSettings
+from .loop import describe
 from .malformed import TolerantRegistrar
 from .memory import fix_mmap_threshold
 from .metrics import MetricsEndpoint
@@ -121,7 +122,8 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     await _publish_health(health, dataplane)
     loop = asyncio.get_running_loop()
     registry.listeners.append(lambda _name: loop.create_task(_publish_health(health, dataplane)))
-    log.info("listening on %s:%d (models: %s)", settings.host, port, ", ".join(registry.names()) or "none")
+    log.info("listening on %s:%d (models: %s; event loop: %s)", settings.host, port,
+             ", ".join(registry.names()) or "none", describe(loop))  # fmt: skip
     running = RunningServer(server, port, dataplane, health)
     if settings.allow_metrics:
         running.metrics_port = MetricsEndpoint(registry, dataplane, quality).serve(settings.host, settings.metrics_port)

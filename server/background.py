@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .app import RunningServer, start_server
+from .loop import loop_factory
 from .settings import ServerSettings
 
 
@@ -20,7 +21,7 @@ class BackgroundServer:
         settings.setdefault("metrics_port", 0)
         settings.setdefault("host", "127.0.0.1")
         self.settings = ServerSettings(model_repository=Path(model_repository), **settings)
-        self._loop = asyncio.new_event_loop()
+        self._loop = loop_factory(self.settings.event_loop)()
         self._thread = threading.Thread(target=self._loop.run_forever, name="modelport-server", daemon=True)
         self.running: RunningServer | None = None
 

@@ -116,8 +116,6 @@ def _extra(field: FieldInfo) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Build settings from flags (over environment) and serve until stopped."""
-    import asyncio
-
     from .app import run as serve
     from .logs import configure
 
@@ -129,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
         from .workers import supervise
 
         return supervise(settings)
-    asyncio.run(serve(settings))
+    from .loop import run as run_loop
+
+    run_loop(serve(settings), settings.event_loop)
     return 0
 
 

@@ -99,15 +99,22 @@ class Instance:
     @property
     def busy(self) -> int:
         """Runs handed to this instance's thread that have not finished."""
+        self._forget_finished()
+        return len(self._pending)
+
+    def _forget_finished(self) -> None:
+        # Finished futures hold their results (a batch's outputs): drop them at once.
         pending = self._pending
         while pending and pending[0].done():
             pending.popleft()
-        return len(pending)
 
     async def _on_thread(self, function: Callable, *args):
         future = self._executor.submit(function, *args)
         self._pending.append(future)
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            self._forget_finished()
 
     def _merged_run(
         self, merge: Callable[[list, int], dict[str, Tensor]], batch: list, rows: int, outputs: Sequence[str]

@@ -109,6 +109,10 @@ class ServerSettings(BaseSettings):
     # 0.1: tracking every request cost 5.3 % of small-model throughput on the H100 box (benchmarks/README.md).
     drift_sample_rate: float = option(0.1, "share of requests fed to drift tracking and to the predicted-class "
                                       "counts", metavar="R", ge=0, le=1)  # fmt: skip
+    event_loop: Literal["auto", "uvloop", "asyncio"] = option(
+        "auto", "the event loop: uvloop (faster per request; the server extra installs it on Linux and macOS) or "
+        "asyncio's own; auto takes uvloop when it is installed",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = option(
         "INFO", "INFO logs one line per model load/unload/failure and per failed request, none per successful one"
     )

@@ -39,7 +39,9 @@ def _worker_main(settings: ServerSettings, index: int) -> None:
 
     if settings.metrics_port:  # one /metrics per worker: port, port + 1, ...
         settings = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
-    asyncio.run(run(settings))
+    from .loop import run as run_loop
+
+    run_loop(run(settings), settings.event_loop)
 
 
 def supervise(settings: ServerSettings) -> int:

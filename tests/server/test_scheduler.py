@@ -435,3 +435,17 @@ def test_close_finishes_the_running_batch_and_fails_the_queued_ones(tmp_path: Pa
     assert isinstance(dropped, DeadlineExceeded) and str(dropped) == f"{WHERE}: unloaded before the request ran"
     assert len(threads) == 1 and threads[0].name.startswith(WHERE)
     assert not threads[0].is_alive()  # the instance's thread has stopped
+
+
+def test_finished_runs_are_not_kept(tmp_path: Path) -> None:
+    """The futures behind `busy` hold their results: once answered, none stays referenced (a
+    batching instance never reads `busy`, so nothing else would drop them)."""
+    (instance,) = instances(tmp_path, models.scale(2.0), count=1)
+
+    async def run():
+        for _ in range(20):
+            await instance.run_batch(lambda batch, rows: batch, {"x": ("FP32", rows(4))}, 4, ["y"])
+        assert len(instance._pending) == 0 and instance.busy == 0
+
+    asyncio.run(run())
+    instance.close()
