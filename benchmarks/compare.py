@@ -21,11 +21,10 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from modelport.client import Client
-from modelport.client import bench
+from modelport.client import Client, bench
 
 HERE = Path(__file__).resolve().parent
 
@@ -67,7 +66,7 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -137,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.client_cpus:
         os.sched_setaffinity(0, args.client_cpus)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     runs: dict[str, list[list[bench.LevelResult]]] = {"modelport": [], "stub": []}
     for _ in range(args.repeat):
         for label, command in (("modelport", modelport_command(args)), ("stub", stub_command(args))):

@@ -28,8 +28,7 @@ from context import Ctx
 from machine import CpuMeter, cpu_text
 from report import Row, cpu_note, log
 
-from modelport.client import Client
-from modelport.client import bench
+from modelport.client import Client, bench
 
 HERE = Path(__file__).resolve().parent
 

@@ -243,8 +243,8 @@ def _bad_requests() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode]]:
 class Traffic:
     """One client thread's loop; counts go into the shared `Tally`."""
 
-    def __init__(self, address: str, tally: "Tally", seed: int, large_mb: float, stop: threading.Event,
-                 gate: "Gate", weights: dict[str, float] | None = None) -> None:  # fmt: skip
+    def __init__(self, address: str, tally: Tally, seed: int, large_mb: float, stop: threading.Event,
+                 gate: Gate, weights: dict[str, float] | None = None) -> None:  # fmt: skip
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         self.channel = grpc.insecure_channel(address, options=options)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)

@@ -102,7 +102,7 @@ class AsyncClient:
         ]
         return np.concatenate(results) if len(results) > 1 else results[0]
 
-    def model(self, name: str, version: str = "") -> "AsyncModel":
+    def model(self, name: str, version: str = "") -> AsyncModel:
         """A handle bound to one model."""
         return AsyncModel(self, name, version)
 
@@ -142,7 +142,7 @@ class AsyncClient:
         """Close the channel."""
         await self._channel.close()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

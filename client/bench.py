@@ -30,9 +30,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from modelport.protocol import codec
+from modelport.protocol import codec, datatypes
 from modelport.protocol.arrays import load_arrays, select_inputs
-from modelport.protocol import datatypes
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.types import TensorSpec
 
@@ -112,7 +111,7 @@ class LevelResult:
         errors: Mapping[str, tuple[int, str]],
         client_processes: int = 1,
         channels: int = 1,
-    ) -> "LevelResult":
+    ) -> LevelResult:
         """Summarise the latencies (seconds) of a window's successful requests and its errors."""
         ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
         if ms.size:
@@ -265,7 +264,7 @@ class _Window:
             entry = self.errors.setdefault(code, [0, message])
             entry[0] += 1
 
-    def share(self) -> "_Share":
+    def share(self) -> _Share:
         return _Share(np.asarray(self.latencies, dtype=np.float64), {c: (n, m) for c, (n, m) in self.errors.items()})
 
 
@@ -302,7 +301,7 @@ class _LoadGenerator:
         if new:  # connect before the clock starts; an unreachable server shows up as errors
             try:
                 await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in new)), 10.0)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
 
     async def run(self, concurrency: int, start: float, warmup: float, seconds: float, window: _Window | None = None) -> _Share:
@@ -538,7 +537,7 @@ class ProcessPool:
             conn.close()
         self._workers = []
 
-    def __enter__(self) -> "ProcessPool":
+    def __enter__(self) -> ProcessPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,7 +9,7 @@ import math
 import platform
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         "timeout": args.timeout,
         "inputs": description,
         "request_bytes": len(request),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "client_host": platform.node(),
     }
     out = sys.stdout

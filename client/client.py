@@ -115,7 +115,7 @@ class Client:
         ]
         return np.concatenate([p[plan.output_name] for p in parts]) if len(parts) > 1 else parts[0][plan.output_name]
 
-    def model(self, name: str, version: str = "") -> "Model":
+    def model(self, name: str, version: str = "") -> Model:
         """A handle bound to one model, like Keras' `load_model(...)`."""
         return Model(self, name, version)
 
@@ -157,7 +157,7 @@ class Client:
         """Close the channel."""
         self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

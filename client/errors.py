@@ -16,6 +16,6 @@ class InferenceServerError(Exception):
         self.message = message
 
     @classmethod
-    def from_rpc_error(cls, exc: grpc.RpcError) -> "InferenceServerError":
+    def from_rpc_error(cls, exc: grpc.RpcError) -> InferenceServerError:
         """Wrap a grpc error (sync or aio)."""
         return cls(exc.code(), exc.details() or "")

@@ -15,14 +15,14 @@ if TYPE_CHECKING:
     from .pipeline import ConversionResult
 
 
-def convert(source: str, repository: str, name: str, **options: Any) -> "ConversionResult":
+def convert(source: str, repository: str, name: str, **options: Any) -> ConversionResult:
     """Convert a model file or SavedModel folder and publish it as a new version. See pipeline.convert."""
     from .pipeline import convert as run
 
     return run(source, repository, name, **options)
 
 
-def convert_keras(model: Any, repository: str, name: str, **options: Any) -> "ConversionResult":
+def convert_keras(model: Any, repository: str, name: str, **options: Any) -> ConversionResult:
     """Convert an in-memory Keras model and publish it as a new version. See pipeline.convert."""
     from .pipeline import convert as run
 

@@ -9,6 +9,7 @@ from onnx import numpy_helper
 
 from .defaults import DEFAULT_OPSET
 from .sources import Source
+
 # onnx >= 1.23 writes IR version 14 by default; ONNX Runtime 1.31 reads up to 13.
 MAX_IR_VERSION = 10
 

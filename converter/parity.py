@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .defaults import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL
+from .defaults import DEFAULT_ROWS
 from .sources import Source, SourceTensor
 
 

@@ -16,6 +16,7 @@ from modelport.protocol.datatypes import DATATYPE_TO_CONFIG, ONNX_ELEMENT_TO_DAT
 from modelport.protocol.generated import model_config_pb2 as mc
 from modelport.protocol.repository import CONFIG_FILE, CONVERSION_FILE, MODEL_FILE, PLATFORM, version_folders
 
+
 class VersionExists(ValueError):
     """The asked-for version is already published; versions are never overwritten."""
 

@@ -25,7 +25,7 @@ class BackgroundServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="modelport-server", daemon=True)
         self.running: RunningServer | None = None
 
-    def start(self, timeout: float = 120.0) -> "BackgroundServer":
+    def start(self, timeout: float = 120.0) -> BackgroundServer:
         """Load the repository and start serving; returns once the port is bound."""
         self._thread.start()
         self.running = asyncio.run_coroutine_threadsafe(start_server(self.settings), self._loop).result(timeout)
@@ -47,7 +47,7 @@ class BackgroundServer:
             self._thread.join()
             self._loop.close()
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

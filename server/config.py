@@ -12,9 +12,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from modelport.protocol.generated import model_config_pb2 as mc
-
 from modelport.protocol.datatypes import CONFIG_TO_DATATYPE, DATATYPE_TO_CONFIG
+from modelport.protocol.generated import model_config_pb2 as mc
 from modelport.protocol.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILE, PLATFORM
 from modelport.protocol.types import TensorSpec
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modelport.protocol.types import Tensor
+
 from .errors import DeadlineExceeded, QueueFull
 from .runtime import OnnxModel
 from .statistics import Timing, VersionStats
-from modelport.protocol.types import Tensor
 
 Results = dict[str, np.ndarray]
 

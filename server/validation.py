@@ -6,9 +6,10 @@ caller gets to see.
 
 from __future__ import annotations
 
+from modelport.protocol.types import InferenceRequest, TensorSpec
+
 from .errors import InvalidInput
 from .signature import Signature
-from modelport.protocol.types import InferenceRequest, TensorSpec
 
 
 def validate(where: str, signature: Signature, max_batch_size: int, request: InferenceRequest) -> None:

@@ -49,7 +49,7 @@ class ModelVersion:
         """How messages name this version."""
         return f"model '{self.name}' version {self.version}"
 
-    def acquire(self) -> "ModelVersion":
+    def acquire(self) -> ModelVersion:
         """Count a request in (call on the event loop, in the same step that resolved it)."""
         self.in_flight += 1
         return self

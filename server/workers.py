@@ -8,7 +8,6 @@ the port first, which also turns port 0 into one concrete port every worker shar
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import signal

@@ -17,6 +17,7 @@ from modelport.client.cli import main as cli
 from modelport.converter.compress import AccuracyGateError, compress
 from tests import models
 
+
 def classifier(rng: np.random.Generator, width: int = 256, classes: int = 4):
     """x [N, 16] -> Gemm(width) -> Relu -> Gemm(classes) -> Softmax: MatMul-heavy and quantisable."""
     w1 = numpy_helper.from_array(rng.normal(0, 0.3, (16, width)).astype(np.float32), "w1")

@@ -20,10 +20,10 @@ import tritonclient.grpc as triton  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
-from modelport.protocol.generated import model_config_pb2 as mc  # noqa: E402
 from modelport.client.cli import main as cli  # noqa: E402
 from modelport.converter import convert, convert_keras, export  # noqa: E402
 from modelport.converter.pipeline import ParityError  # noqa: E402
+from modelport.protocol.generated import model_config_pb2 as mc  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import urllib.request
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
