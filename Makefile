@@ -11,7 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:
 	@echo "make demo    train the seed models, convert, serve and call them (sets up .venv)"
-	@echo "make test    run the whole test suite (sets up .venv)"
+	@echo "make test    lint (ruff) and run the whole test suite (sets up .venv)"
 	@echo "make protos  regenerate protos/generated from protos/*.proto"
 
 $(PY):
@@ -36,7 +36,9 @@ prometheus:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends prometheus >/dev/null; }
 
+# Lint first (seconds), then every test; `.venv/bin/pytest -m "not slow"` is the quick loop.
 test: $(STAMP) prometheus
+	$(VENV)/bin/ruff check --no-cache .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

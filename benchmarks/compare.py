@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 class Server:
     """A server subprocess; its address comes from the 'listening on HOST:PORT' line it prints."""
 
-    def __init__(self, command: list[str], label: str, cpus: set[int] | None = None, start_timeout: float = 120.0) -> None:
+    def __init__(self, command: list[str], label: str, cpus: set[int] | None = None,
+                 start_timeout: float = 120.0) -> None:
         self.label = label
         pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = subprocess.Popen(
@@ -127,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="extra `modelport serve` argument, e.g. --serve-arg=--workers=2; repeatable")
     p.add_argument("--stub-arg", action="append", default=[],
                    help="extra minimal_stub.py argument, e.g. --stub-arg=--provider=cuda; repeatable")
-    p.add_argument("--server-cpus", type=cpu_list, help="pin the servers to these CPUs, e.g. 0-7 (servers size their threads from it)")
+    p.add_argument("--server-cpus", type=cpu_list,
+                   help="pin the servers to these CPUs, e.g. 0-7 (servers size their threads from it)")
     p.add_argument("--client-cpus", type=cpu_list, help="pin this load generator (and its worker processes), e.g. 8-15")
     p.add_argument("--repeat", type=int, default=1,
                    help="alternate modelport and stub this many times; the median run of each is reported (default 1)")
@@ -152,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.processes} client process(es), host {platform.node()}, median of {args.repeat} run(s)")  # fmt: skip
     for label, found in runs.items():
         for level in zip(*found):
-            print(f"  {label} c={level[0].concurrency} req/s per run: " + ", ".join(f"{r.requests_per_s:.1f}" for r in level))
+            print(f"  {label} c={level[0].concurrency} req/s per run: "
+                  + ", ".join(f"{r.requests_per_s:.1f}" for r in level))
     print(f"{'concurrency':>11} {'modelport req/s':>16} {'stub req/s':>11} {'ratio':>6} "
           f"{'modelport p99 ms':>17} {'stub p99 ms':>12}")  # fmt: skip
     for ours, ref in zip(results["modelport"], results["stub"]):
@@ -163,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         document = {
             "model": args.name, "batch": args.batch, "seconds": args.seconds, "warmup": args.warmup,
             "client_processes": args.processes, "started_at": started, "host": platform.node(),
-            "cpus": os.cpu_count(), "server_cpus": sorted(args.server_cpus or []), "client_cpus": sorted(args.client_cpus or []),
+            "cpus": os.cpu_count(), "server_cpus": sorted(args.server_cpus or []),
+            "client_cpus": sorted(args.client_cpus or []),
             "median": {label: [r.to_dict() for r in levels] for label, levels in results.items()},
             "runs": {label: [[r.to_dict() for r in run] for run in found] for label, found in runs.items()},
         }  # fmt: skip

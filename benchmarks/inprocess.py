@@ -172,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r = measure(args.model, args.batch, args.intra_op_threads, args.seconds, args.concurrency, args.warmup,
                 args.provider, args.device_id)  # fmt: skip
     if r.provider != PROVIDERS[args.provider]:
-        print(f"warning: the session runs on {r.provider}, not {PROVIDERS[args.provider]} (CPU fallback)", file=sys.stderr)
+        print(f"warning: the session runs on {r.provider}, not {PROVIDERS[args.provider]} (CPU fallback)",
+              file=sys.stderr)
     print(
         f"{r.model}: batch {r.batch}, {r.intra_op_threads} intra-op threads, {r.concurrency} calling threads, "
         f"{r.provider}, {r.seconds:g} s\n"

@@ -28,7 +28,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def machine_info() -> dict[str, Any]:
     """CPU, affinity, cgroup limit, memory, GPU and software versions."""
     cpuinfo = _read("/proc/cpuinfo")
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), platform.processor() or "unknown CPU")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown CPU")
     siblings = re.search(r"^siblings\s*:\s*(\d+)", cpuinfo, re.M)
     cores = re.search(r"^cpu cores\s*:\s*(\d+)", cpuinfo, re.M)
     per_core = int(siblings.group(1)) // int(cores.group(1)) if siblings and cores and int(cores.group(1)) else None
@@ -53,7 +54,8 @@ def machine_info() -> dict[str, Any]:
         "host": platform.node(),
         "python": platform.python_version(),
         "versions": {name: _version(name) for name in
-                     ("modelport", "onnxruntime", "onnxruntime-gpu", "numpy", "grpcio", "protobuf", "onnx", "torch", "torchvision")},
+                     ("modelport", "onnxruntime", "onnxruntime-gpu", "numpy", "grpcio", "protobuf", "onnx", "torch",
+                      "torchvision")},
         "onnxruntime_providers": ort_providers(),
         "git": _git(),
     }  # fmt: skip
@@ -121,7 +123,8 @@ def _version(name: str) -> str | None:
 
 def _git() -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=5)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              timeout=5)
         if head.returncode:
             return None
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=HERE, capture_output=True, text=True, timeout=10)
@@ -156,7 +159,8 @@ class CpuMeter:
         s1, c1 = self._sample()
         server = sum(v - self.s0.get(p, 0.0) for p, v in s1.items())
         client = sum(v - self.c0.get(p, 0.0) for p, v in c1.items())
-        return {"server_cores": round(server / wall, 2), "client_cores": round(client / wall, 2), "wall_s": round(wall, 2)}
+        return {"server_cores": round(server / wall, 2), "client_cores": round(client / wall, 2),
+                "wall_s": round(wall, 2)}
 
 
 def _proc_table() -> dict[int, tuple[int, float]]:

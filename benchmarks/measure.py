@@ -40,7 +40,8 @@ def modelport_command(repository: Path, *extra: str) -> list[str]:
     """`modelport serve` on `repository`, gRPC and metrics on free ports of 127.0.0.1."""
     # INFO: the 'listening on' line is logged at INFO (no per-request lines at INFO, only failures).
     return [sys.executable, "-m", "modelport.client.cli", "serve", "--model-repository", str(repository),
-            "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1", "--log-level", "INFO", *extra]  # fmt: skip
+            "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1", "--log-level", "INFO",
+            *extra]  # fmt: skip
 
 
 def stub_command(model: Path, name: str, *extra: str) -> list[str]:
@@ -64,7 +65,8 @@ def serving(command: list[str], label: str, cpus: set[int] | None, log_file: Pat
         deadline = time.monotonic() + timeout
         while sum("listening on" in line for line in list(server.lines)) < listeners:
             if server.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{label}: {listeners} processes should listen; output:\n" + "".join(server.lines[-50:]))
+                raise RuntimeError(f"{label}: {listeners} processes should listen; output:\n"
+                                   + "".join(server.lines[-50:]))
             time.sleep(0.1)
         yield server
     finally:
@@ -122,7 +124,8 @@ def load(
         meta = client.model_metadata(model)
     request = bench.infer_request(model, bench.random_inputs(meta.inputs, batch))
     with pinned(client_cpus):
-        pool = bench.ProcessPool(processes, server.address, request, timeout=60, requests_per_channel=requests_per_channel)
+        pool = bench.ProcessPool(processes, server.address, request, timeout=60,
+                                 requests_per_channel=requests_per_channel)
     with pool:
         if prewarm > 0:
             pool.run_level(concurrency, prewarm, 0.0, batch=batch)
@@ -136,7 +139,8 @@ def load(
         first = "; ".join(f"{e.code} x{e.count}: {e.first_message}" for e in result.error_summary)
         raise RuntimeError(f"{server.label}: no request succeeded ({first or 'no answer'})")
     log(f"    {server.label}: {result.requests_per_s:,.0f} req/s, {result.items_per_s:,.0f} items/s, "
-        f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, errors {result.errors}; {cpu_note('', cpu).strip()}")  # fmt: skip
+        f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, errors {result.errors}; "
+        f"{cpu_note('', cpu).strip()}")  # fmt: skip
     return result, cpu
 
 
@@ -193,7 +197,8 @@ _SERIES = ("modelport_batch_size_sum", "modelport_batch_size_count",
 
 def scrape_metrics(server: Server) -> dict[str, float] | None:
     """The _SERIES totals from every /metrics port the server's log names; None without one."""
-    ports = {m.group(1) for line in list(server.lines) if (m := re.search(r"metrics on http://[^:/]+:(\d+)/metrics", line))}
+    ports = {m.group(1) for line in list(server.lines)
+             if (m := re.search(r"metrics on http://[^:/]+:(\d+)/metrics", line))}
     if not ports:
         return None
     totals = dict.fromkeys(_SERIES, 0.0)

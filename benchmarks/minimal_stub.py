@@ -135,7 +135,8 @@ async def serve(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
-    p = argparse.ArgumentParser(description="Minimal grpc.aio KServe v2 server for one ONNX model (benchmark reference).")
+    p = argparse.ArgumentParser(description="Minimal grpc.aio KServe v2 server for one ONNX model "
+                                            "(benchmark reference).")
     p.add_argument("--model", required=True, help="path to model.onnx")
     p.add_argument("--name", required=True, help="model name clients use")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -144,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="session.run threads (default 1, as one modelport model instance)")
     p.add_argument("--intra-op-threads", type=int, default=_cpus(),
                    help="ONNX Runtime intra-op threads (default: the usable CPUs, as modelport sizes one instance)")
-    p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="ONNX Runtime execution provider (default cpu)")
+    p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
+                   help="ONNX Runtime execution provider (default cpu)")
     p.add_argument("--inline", action="store_true",
-                   help="run the session on the event loop instead of a thread (modelport does so for sub-50-us models)")
+                   help="run the session on the event loop instead of a thread "
+                        "(modelport does so for sub-50-us models)")
     args = p.parse_args(argv)
     asyncio.run(serve(args.model, args.name, args.host, args.port, args.threads, args.intra_op_threads,
                       args.provider, args.inline))

@@ -12,7 +12,7 @@
 Weights are random and seeded: the numbers mean nothing, the cost is that of the real model.
 Besides `<name>/1/model.onnx`, `cnn` and `resnet50` also write folders for the batching targets,
 the same model.onnx with a `config.pbtxt` (see `BATCHED`): `cnn_batched` and `resnet50_gpu_batched`.
-"""
+"""  # noqa: E501 (a markdown table's rows cannot be wrapped)
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ BATCHED = {
     # delay keeps every batch at 32 under that load: ONNX Runtime's CUDA provider spends ~100 ms
     # whenever the input shape changes (measured on an H100, whatever cudnn_conv_algo_search), so
     # with a 2 ms delay batches of varying size ran at ~160 ms each instead of ~10 ms.
-    "resnet50_gpu_batched": ("resnet50", "max_batch_size: 32\ndynamic_batching { max_queue_delay_microseconds: 100000 }\n"),
+    "resnet50_gpu_batched": ("resnet50",
+                             "max_batch_size: 32\ndynamic_batching { max_queue_delay_microseconds: 100000 }\n"),
 }
 
 
@@ -133,7 +134,8 @@ def resnet50(seed: int = 0) -> onnx.ModelProto:
         import torch
         import torchvision
     except ImportError as exc:
-        raise RuntimeError(f"the resnet50 benchmark model needs torch and torchvision (pip install torch torchvision): {exc}") from exc
+        raise RuntimeError("the resnet50 benchmark model needs torch and torchvision "
+                           f"(pip install torch torchvision): {exc}") from exc
     torch.manual_seed(seed)
     model = torchvision.models.resnet50(weights=None).eval()
     dummy = torch.randn(1, 3, 224, 224)

@@ -98,8 +98,10 @@ class Results:
         for r in self.rows.values():
             ratio = f"{r.ratio:.2f}" if r.ratio is not None and math.isfinite(r.ratio) else ""
             goal = f">= {r.goal:g}" if r.goal is not None else "report"
-            notes = "; ".join(r.notes + ([f"error: {r.error.splitlines()[-1] if r.error else ''}"] if r.status == "error" else []))
-            lines.append(f"| {r.name} | {r.measured} | {r.reference} | {ratio} | {goal} | {r.status} | {_cell(notes)} |")
+            notes = "; ".join(r.notes + ([f"error: {r.error.splitlines()[-1] if r.error else ''}"]
+                                         if r.status == "error" else []))
+            lines.append(f"| {r.name} | {r.measured} | {r.reference} | {ratio} | {goal} | {r.status} | "
+                         f"{_cell(notes)} |")
         errors = [r for r in self.rows.values() if r.error]
         if errors:
             lines += ["", "## Errors", ""]
@@ -141,7 +143,8 @@ def errors_note(label: str, r: bench.LevelResult) -> list[str]:
     """A note on the failed requests of a level ([] when none failed)."""
     if not r.errors:
         return []
-    return [f"{label}: {r.errors} failed requests ({', '.join(f'{e.code}: {e.first_message[:80]}' for e in r.error_summary)})"]
+    return [f"{label}: {r.errors} failed requests "
+            f"({', '.join(f'{e.code}: {e.first_message[:80]}' for e in r.error_summary)})"]
 
 
 def cpu_note(label: str, cpu: dict[str, float]) -> str:

@@ -108,7 +108,8 @@ async def main_async(args: argparse.Namespace) -> None:
             times["modelport"].append(await calls(ours, data, args.requests) / args.requests)
             times["stub"].append(await calls(stub, data, args.requests) / args.requests)
         best = {name: min(values) * 1e6 for name, values in times.items()}
-        print(f"seed MLP, batch {args.batch}, {args.requests} requests x {args.rounds} rounds, intra-op threads {threads}")
+        print(f"seed MLP, batch {args.batch}, {args.requests} requests x {args.rounds} rounds, "
+              f"intra-op threads {threads}")
         print(f"  modelport  {best['modelport']:7.2f} us/request   (rounds: "
               + ", ".join(f"{t * 1e6:.2f}" for t in times["modelport"]) + ")")
         print(f"  stub       {best['stub']:7.2f} us/request   (rounds: "

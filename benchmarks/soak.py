@@ -36,7 +36,7 @@ runs the server with glibc's own behaviour for comparison (figures in benchmarks
 The result (printed, and written with --json) counts every request by kind and outcome, lists
 the first messages of each unexpected outcome, and gives the RSS figures. `run_soak()` is the same
 run as a function, for tests.
-"""
+"""  # noqa: E501 (a markdown table's rows cannot be wrapped)
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def build_repository(root: Path, large_width: int = 1024) -> Path:
     _save(add_mul, root, "add_mul")
     _save(add_mul, root, "add_mul_b8", BATCHED_CONFIG)
     _save(
-        _model([helper.make_node("Identity", ["x"], ["y"])], [("x", TensorProto.STRING, [None, 2])], [("y", TensorProto.STRING, [None, 2])]),
+        _model([helper.make_node("Identity", ["x"], ["y"])], [("x", TensorProto.STRING, [None, 2])],
+               [("y", TensorProto.STRING, [None, 2])]),
         root,
         "strings",
     )
@@ -125,7 +126,8 @@ def build_repository(root: Path, large_width: int = 1024) -> Path:
         root,
         "scale",
     )
-    weight = (np.random.default_rng(0).standard_normal((SLOW_WIDTH, SLOW_WIDTH)) / np.sqrt(SLOW_WIDTH)).astype(np.float32)
+    weight = (np.random.default_rng(0).standard_normal((SLOW_WIDTH, SLOW_WIDTH))
+              / np.sqrt(SLOW_WIDTH)).astype(np.float32)
     nodes, previous = [], "x"
     for i in range(SLOW_DEPTH):
         out = "y" if i == SLOW_DEPTH - 1 else f"h{i}"
@@ -153,7 +155,8 @@ class ServeProcess:
     def __init__(self, repository: Path, log_path: Path, extra_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
         script = Path(sys.executable).with_name("modelport")
-        command = [str(script)] if script.exists() else [sys.executable, "-c", "from modelport.client.cli import main; raise SystemExit(main())"]
+        command = ([str(script)] if script.exists()
+                   else [sys.executable, "-c", "from modelport.client.cli import main; raise SystemExit(main())"])
         command += ["serve", "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "0",
                     "--host", "127.0.0.1", *extra_args]  # fmt: skip
         self.log_path = log_path
@@ -173,7 +176,8 @@ class ServeProcess:
                 break
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"modelport serve did not start; its log:\n{self.log_path.read_text(errors='replace')[-4000:]}")
+        raise RuntimeError("modelport serve did not start; its log:\n"
+                           f"{self.log_path.read_text(errors='replace')[-4000:]}")
 
     def rss_kib(self) -> int | None:
         try:
@@ -200,7 +204,8 @@ class ServeProcess:
 # ---------------------------------------------------------------- requests
 
 
-def _raw_request(model: str, inputs: list[tuple[str, str, list[int], bytes]], version: str = "") -> pb.ModelInferRequest:
+def _raw_request(model: str, inputs: list[tuple[str, str, list[int], bytes]],
+                 version: str = "") -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     for name, datatype, shape, data in inputs:
         request.inputs.add(name=name, datatype=datatype, shape=shape)
@@ -235,8 +240,12 @@ def _bad_requests() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode]]:
         ("mixed_contents", mixed, invalid),
         ("unknown_output", unknown_output, invalid),
         ("bytes_framing", _raw_request("strings", [("x", "BYTES", [1, 2], framing)]), invalid),
-        ("bytes_not_utf8", _raw_request("strings", [("x", "BYTES", [1, 2], codec.serialize_bytes(np.array([b"\xff", b"ok"], object)))]), invalid),
-        ("batch_too_large", _raw_request("add_mul_b8", [("a", "FP32", [9, 4], _pair(9)[0]), ("b", "FP32", [9, 4], _pair(9)[1])]), invalid),
+        ("bytes_not_utf8",
+         _raw_request("strings", [("x", "BYTES", [1, 2], codec.serialize_bytes(np.array([b"\xff", b"ok"], object)))]),
+         invalid),
+        ("batch_too_large",
+         _raw_request("add_mul_b8", [("a", "FP32", [9, 4], _pair(9)[0]), ("b", "FP32", [9, 4], _pair(9)[1])]),
+         invalid),
     ]
 
 
@@ -259,7 +268,8 @@ class Traffic:
         self.large_x = self.rng.standard_normal((rows, 1024)).astype(np.float32)
         self.large_request = codec.build_request("scale", {"x": self.large_x})
         self.large_expected = self.large_x * np.float32(2.0)
-        self.slow_request = codec.build_request("slow", {"x": self.rng.standard_normal((SLOW_ROWS, SLOW_WIDTH)).astype(np.float32)})
+        self.slow_request = codec.build_request(
+            "slow", {"x": self.rng.standard_normal((SLOW_ROWS, SLOW_WIDTH)).astype(np.float32)})
         mix = {k: w for k, w in (weights or KIND_WEIGHTS).items() if w > 0}
         self.kinds, self.weights = list(mix), list(mix.values())
 
@@ -283,7 +293,8 @@ class Traffic:
         model = self.random.choice(["add_mul", "add_mul_b8", "strings"])
         rows = self.random.randint(1, 8)
         if model == "strings":
-            words = [self.random.choice(["", "a", "é", "數據", "soak"]) * self.random.randint(0, 3) for _ in range(rows * 2)]
+            words = [self.random.choice(["", "a", "é", "數據", "soak"]) * self.random.randint(0, 3)
+                     for _ in range(rows * 2)]
             x = np.empty((rows, 2), dtype=object)
             x.reshape(-1)[:] = [w.encode() for w in words]
             request, expected = codec.build_request(model, {"x": x}), {"y": x}
@@ -339,7 +350,8 @@ class Traffic:
                 return code.name.lower(), ""
             return f"error:{code.name}", err.details() or ""
         y = codec.decode_response(response).get("y")
-        return ("completed", "") if y is not None and y.shape == (SLOW_ROWS, SLOW_WIDTH) else ("wrong_answer", "slow: bad output")
+        return (("completed", "") if y is not None and y.shape == (SLOW_ROWS, SLOW_WIDTH)
+                else ("wrong_answer", "slow: bad output"))
 
 
 class Gate:
@@ -559,7 +571,8 @@ def report(result: dict) -> str:
     for kind, outcomes in result["counts"].items():
         lines.append(f"  {kind:<10} " + ", ".join(f"{outcome} {n}" for outcome, n in sorted(outcomes.items())))
     lines.append(f"  failed good requests: {result['failed_good']}; bad requests not refused with the right code: "
-                 f"{result['bad_not_refused_right']}; unexpected cancel outcomes: {result['cancelled_unexpected']}")  # fmt: skip
+                 f"{result['bad_not_refused_right']}; unexpected cancel outcomes: "
+                 f"{result['cancelled_unexpected']}")  # fmt: skip
     for key, messages in result["unexpected_messages"].items():
         lines.append(f"    {key}: {messages[0]}")
     rss = result["rss"]
@@ -583,15 +596,21 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="example:\n  python benchmarks/soak.py --seconds 600 --json soak.json")  # fmt: skip
-    parser.add_argument("--seconds", type=float, default=600.0, help="length of the run, warm-up included (default 600)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="example:\n"
+                                            "  python benchmarks/soak.py --seconds 600 --json soak.json")  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=600.0,
+                        help="length of the run, warm-up included (default 600)")
     parser.add_argument("--threads", type=int, default=4, help="client threads, each on its own channel (default 4)")
-    parser.add_argument("--large-mb", type=float, default=8.0, help="size of a large request's tensor in MiB (default 8)")
-    parser.add_argument("--warmup", type=float, help="seconds before RSS 'start' is taken (default 10%% of the run, at most 30)")
+    parser.add_argument("--large-mb", type=float, default=8.0,
+                        help="size of a large request's tensor in MiB (default 8)")
+    parser.add_argument("--warmup", type=float,
+                        help="seconds before RSS 'start' is taken (default 10%% of the run, at most 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mix", type=_mix, help="request mix as kind=weight,... "
-                        f"(default {','.join(f'{k}={w}' for k, w in KIND_WEIGHTS.items())}); e.g. cancelled=1 for cancels only")
+                        f"(default {','.join(f'{k}={w}' for k, w in KIND_WEIGHTS.items())}); "
+                        "e.g. cancelled=1 for cancels only")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment variable for the server, repeatable (e.g. MALLOC_MMAP_THRESHOLD_=1048576)")
     parser.add_argument("--json", type=Path, help="write the result here")

@@ -50,7 +50,7 @@ Exact commands (16-core GPU box, ~5 min; a 2-core laptop, ~1.5 min):
 
     python benchmarks/suite.py --out /tmp/suite --work /tmp/suite-work --gpu
     python benchmarks/suite.py --out /tmp/suite --quick
-"""
+"""  # noqa: E501 (a markdown table's rows cannot be wrapped)
 
 from __future__ import annotations
 
@@ -73,18 +73,24 @@ from targets import NAMES, TARGETS, run_target  # noqa: E402
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: see the module docstring."""
-    p = argparse.ArgumentParser(description="Run every modelport throughput target; write DIR/results.json and results.md.",
+    p = argparse.ArgumentParser(description="Run every modelport throughput target; "
+                                            "write DIR/results.json and results.md.",
                                 epilog=f"targets: {', '.join(NAMES)}")  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="output folder: results.json, results.md, logs/")
-    p.add_argument("--work", type=Path, help="folder for the models and repositories (default: OUT; ResNet-50 is ~100 MB)")
-    p.add_argument("--quick", action="store_true", help="short levels (2 s after 0.5 s warm-up) and small-box stand-ins: a smoke test, not the numbers")
+    p.add_argument("--work", type=Path,
+                   help="folder for the models and repositories (default: OUT; ResNet-50 is ~100 MB)")
+    p.add_argument("--quick", action="store_true",
+                   help="short levels (2 s after 0.5 s warm-up) and small-box stand-ins: "
+                        "a smoke test, not the numbers")
     p.add_argument("--only", help="comma-separated target names (default: all)")
     p.add_argument("--gpu", action="store_true", help="also run resnet50_gpu (onnxruntime-gpu with CUDA)")
     p.add_argument("--seconds", type=float, help="measured seconds per level (default 5; 2 with --quick)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per level (default 1; 0.5 with --quick)")
-    p.add_argument("--repeat", type=int, help="alternating rounds of mlp_vs_stub, cnn_dynamic_batching and drift_cost (default 3)")
+    p.add_argument("--repeat", type=int,
+                   help="alternating rounds of mlp_vs_stub, cnn_dynamic_batching and drift_cost (default 3)")
     p.add_argument("--allow-small", action="store_true",
-                   help="run the 16-CPU targets scaled down to this machine's CPUs (tests the suite; numbers mean little)")
+                   help="run the 16-CPU targets scaled down to this machine's CPUs "
+                        "(tests the suite; numbers mean little)")
     p.add_argument("--cnn-delay-us", type=int,
                    help="cnn_dynamic_batching's max_queue_delay_microseconds (default: models.BATCHED's)")
     args = p.parse_args(argv)

@@ -38,7 +38,8 @@ def _ratio_rows(row: Row, runs: dict[str, list[tuple[bench.LevelResult, dict]]],
     row.measured, row.reference = rps(mine, items), f"{ref}: {rps(theirs, items)}"
     if len(runs[ours]) > 1:
         for label in (ours, ref):
-            row.notes.append(f"{label} runs " + ", ".join(f"{value(r):,.0f}" for r, _ in runs[label]) + f" (median of {len(runs[label])})")
+            row.notes.append(f"{label} runs " + ", ".join(f"{value(r):,.0f}" for r, _ in runs[label])
+                             + f" (median of {len(runs[label])})")
     for label, median in ((ours, mine), (ref, theirs)):
         cpu = next(c for r, c in runs[label] if r is median)
         row.notes += [cpu_note(label, cpu)] + errors_note(label, median)
@@ -67,8 +68,10 @@ def t_mlp_vs_stub(ctx: Ctx, row: Row) -> None:
     row.notes.append(f"stub --inline (session on the event loop, 1 intra-op thread, as modelport runs this model): "
                      f"{rps(inline)}, modelport / it = {row.details['vs_stub_inline']:.2f}; runs "
                      + ", ".join(f"{r.requests_per_s:,.0f}" for r, _ in runs["stub --inline"]))
-    where = f"servers and client on CPUs {cpu_text(cpus)}" if cpus else "no pinning (fewer than 4 CPUs): servers and client share them all"
-    row.notes.insert(0, f"batch 1, concurrency 16, 1 client process; {where}; modelport defaults (metrics, validation on)")
+    where = (f"servers and client on CPUs {cpu_text(cpus)}" if cpus
+             else "no pinning (fewer than 4 CPUs): servers and client share them all")
+    row.notes.insert(0, f"batch 1, concurrency 16, 1 client process; {where}; "
+                        "modelport defaults (metrics, validation on)")
 
 
 def _cnn_stand_in(ctx: Ctx, row: Row) -> bool:
@@ -142,7 +145,8 @@ def t_cnn_batching(ctx: Ctx, row: Row) -> None:
     repo_plain = repository(ctx, "cnn", {"cnn": ("cnn", None, None)})
     config = batched_config("cnn_batched")
     if ctx.cnn_delay_us is not None:
-        config = re.sub(r"max_queue_delay_microseconds:\s*\d+", f"max_queue_delay_microseconds: {ctx.cnn_delay_us}", config)
+        config = re.sub(r"max_queue_delay_microseconds:\s*\d+", f"max_queue_delay_microseconds: {ctx.cnn_delay_us}",
+                        config)
     repo_batched = repository(ctx, "cnn_batched", {"cnn": ("cnn", config, None)})
     sides = [(label, lambda repo=repo, label=label: serving(modelport_command(repo), label, server_cpus,
                                                            ctx.log_path(row.name, label.replace(" ", "-"))))
@@ -154,7 +158,8 @@ def t_cnn_batching(ctx: Ctx, row: Row) -> None:
     where = (f"server on CPUs {cpu_text(server_cpus)}, {processes} client process(es) on {cpu_text(client_cpus)}"
              if server_cpus else "no pinning")  # fmt: skip
     row.notes[:0] = [
-        f"batch-1 requests, concurrency 32; max_batch_size 64, max_queue_delay {delay.group(1) if delay else '?'} us; {where}",
+        "batch-1 requests, concurrency 32; max_batch_size 64, "
+        f"max_queue_delay {delay.group(1) if delay else '?'} us; {where}",
         f"p99 {ours.p99_ms:.1f} ms with batching vs {ref.p99_ms:.1f} ms without",
     ]
 
@@ -162,7 +167,8 @@ def t_cnn_batching(ctx: Ctx, row: Row) -> None:
 def t_mlp_workers(ctx: Ctx, row: Row) -> None:
     """The MLP under many connections, --workers 8 (16-core layout) against --workers 1."""
     if not ctx.big and not ctx.allow_small:
-        raise Skip(f"needs {SMALL_CPUS} CPUs (server on 0-7, 8 client processes on 8-15); this machine has {len(ctx.cpus)} usable")
+        raise Skip(f"needs {SMALL_CPUS} CPUs (server on 0-7, 8 client processes on 8-15); "
+                   f"this machine has {len(ctx.cpus)} usable")
     server_cpus, client_cpus = ctx.halves()
     many = 8 if ctx.big else max(2, len(server_cpus))
     processes = 8 if ctx.big else len(client_cpus)
@@ -186,7 +192,8 @@ def t_mlp_workers(ctx: Ctx, row: Row) -> None:
         f"{cpu_text(client_cpus)}; server on {cpu_text(server_cpus)}",
         cpu_note(f"--workers {many}", cpu), cpu_note("--workers 1", ref_cpu),
     ] + errors_note(f"--workers {many}", ours) + errors_note("--workers 1", ref)
-    row.details.update(workers_many=dict(ours.to_dict(), cpu=cpu, workers=many), workers_1=dict(ref.to_dict(), cpu=ref_cpu))
+    row.details.update(workers_many=dict(ours.to_dict(), cpu=cpu, workers=many),
+                       workers_1=dict(ref.to_dict(), cpu=ref_cpu))
 
 
 def t_resnet50_gpu(ctx: Ctx, rows: dict[str, Row]) -> None:
@@ -203,14 +210,16 @@ def t_resnet50_gpu(ctx: Ctx, rows: dict[str, Row]) -> None:
     prewarm = 2.0 if ctx.quick else 5.0
     # resnet50_gpu: the target as the issue states it; resnet50_gpu_workers: the same per worker
     # process (64 outstanding requests each), the way to use more of the GPU than one event loop can.
-    plans = [(name, workers, 64 * workers) for name, workers in (("resnet50_gpu", 1), ("resnet50_gpu_workers", 4)) if name in rows]
+    plans = [(name, workers, 64 * workers) for name, workers in (("resnet50_gpu", 1), ("resnet50_gpu_workers", 4))
+             if name in rows]
     found = {}
     for name, workers, concurrency in plans:
         label = f"modelport-cuda-w{workers}"
         command = modelport_command(repo, "--execution-provider", "cuda", "--workers", str(workers))
         with serving(command, label, server_cpus, ctx.log_path(name, label), listeners=workers) as server:
             result = load(ctx, server, "resnet50", batch=1, concurrency=concurrency, processes=processes,
-                          client_cpus=client_cpus, prewarm=prewarm, requests_per_channel=1 if workers > 1 else 8)  # fmt: skip
+                          client_cpus=client_cpus, prewarm=prewarm,
+                          requests_per_channel=1 if workers > 1 else 8)  # fmt: skip
             fallback = [line.strip() for line in server.lines if "CPU fallback" in line]
             fallback += [line.strip() for line in server.lines if "not available in this onnxruntime" in line]
         found[name] = (workers, concurrency, result, fallback)
@@ -225,7 +234,8 @@ def t_resnet50_gpu(ctx: Ctx, rows: dict[str, Row]) -> None:
         row.details.update(modelport=dict(ours.to_dict(), cpu=cpu, workers=workers), inprocess=ref,
                            server_fallback_lines=fallback, cuda=not fallback)  # fmt: skip
         row.notes += [
-            "server on CUDAExecutionProvider: " + ("yes (no CPU-fallback line in its log)" if not fallback else f"NO: {fallback[0]}"),
+            "server on CUDAExecutionProvider: "
+            + ("yes (no CPU-fallback line in its log)" if not fallback else f"NO: {fallback[0]}"),
             f"in-process session on {ref['provider']}",
             f"batch-1 requests, concurrency {concurrency} from {processes} client process(es)"
             + (f" on CPUs {cpu_text(client_cpus)}, server on {cpu_text(server_cpus)}" if server_cpus else "")
@@ -257,19 +267,22 @@ def t_drift_cost(ctx: Ctx, row: Row) -> None:
 
     sides = [
         ("drift on", with_drift),
-        ("drift off", lambda: serving(modelport_command(plain), "drift off", cpus, ctx.log_path(row.name, "drift-off"))),
+        ("drift off",
+         lambda: serving(modelport_command(plain), "drift off", cpus, ctx.log_path(row.name, "drift-off"))),
     ]
     runs = alternate(ctx, row, sides, "mlp", batch=1, concurrency=16, client_cpus=cpus, repeat=ctx.repeat)
     _ratio_rows(row, runs, "drift on", "drift off")
     where = f"server and client on CPUs {cpu_text(cpus)}" if cpus else "no pinning"
     cost = (1 - row.ratio) * 100 if row.ratio else float("nan")
     row.notes.insert(0, f"cost {cost:.1f}% of req/s (claim: < 5%); MLP batch 1, concurrency 16; {where}; "
-                        f"drift tracking confirmed by /metrics: {scraped[-1] if scraped else 'not scraped'}")  # fmt: skip
+                        "drift tracking confirmed by /metrics: "
+                        f"{scraped[-1] if scraped else 'not scraped'}")  # fmt: skip
 
 
 def _scrape_drift_rows(server: Server) -> str:
     """modelport_drift_window_rows from the server's /metrics (port from its log)."""
-    port = next((m.group(1) for line in server.lines if (m := re.search(r"metrics on http://[^:]+:(\d+)/metrics", line))), None)
+    port = next((m.group(1) for line in server.lines
+                 if (m := re.search(r"metrics on http://[^:]+:(\d+)/metrics", line))), None)
     if port is None:
         return "no metrics line in the log"
     try:

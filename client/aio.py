@@ -95,9 +95,11 @@ class AsyncClient:
         meta = self._metadata.get((model, version)) or await self.model_metadata(model, version, timeout=timeout)
         plan = predict_plan(meta)
         results = [
-            (await self.infer(model, {plan.input_name: part}, version=version, outputs=[plan.output_name], timeout=timeout))[
-                plan.output_name
-            ]
+            (
+                await self.infer(
+                    model, {plan.input_name: part}, version=version, outputs=[plan.output_name], timeout=timeout
+                )
+            )[plan.output_name]
             for part in chunks(prepare(plan, x), batch_size)
         ]
         return np.concatenate(results) if len(results) > 1 else results[0]
@@ -114,7 +116,9 @@ class AsyncClient:
 
     # ------------------------------------------------------------ repository, config, statistics
 
-    async def repository_index(self, *, ready_only: bool = False, timeout: float | None = None) -> list[ModelIndexEntry]:
+    async def repository_index(
+        self, *, ready_only: bool = False, timeout: float | None = None
+    ) -> list[ModelIndexEntry]:
         """RepositoryIndex: every model (version) of the repository with its state and reason."""
         msg = await self._call(self._stub.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready_only), timeout)
         return [ModelIndexEntry(m.name, m.version, m.state, m.reason) for m in msg.models]
@@ -136,7 +140,9 @@ class AsyncClient:
         self, name: str = "", version: str = "", *, timeout: float | None = None
     ) -> pb.ModelStatisticsResponse:
         """ModelStatistics (protobuf answer, as Triton's): counts and cumulative durations per version."""
-        return await self._call(self._stub.ModelStatistics, pb.ModelStatisticsRequest(name=name, version=version), timeout)
+        return await self._call(
+            self._stub.ModelStatistics, pb.ModelStatisticsRequest(name=name, version=version), timeout
+        )
 
     async def close(self) -> None:
         """Close the channel."""

@@ -304,7 +304,9 @@ class _LoadGenerator:
             except TimeoutError:
                 pass
 
-    async def run(self, concurrency: int, start: float, warmup: float, seconds: float, window: _Window | None = None) -> _Share:
+    async def run(
+        self, concurrency: int, start: float, warmup: float, seconds: float, window: _Window | None = None
+    ) -> _Share:
         """Keep `concurrency` requests outstanding from `start` (perf_counter) for warm-up +
         seconds; returns the window's samples."""
         channels = math.ceil(concurrency / self.per_channel)
@@ -392,7 +394,9 @@ async def sweep_async(
     try:
         for concurrency in concurrencies:
             share = await _level_here(gen, concurrency, seconds, warmup, progress)
-            result = LevelResult.from_samples(concurrency, batch, seconds, share.latencies_s, share.errors, 1, share.channels)
+            result = LevelResult.from_samples(
+                concurrency, batch, seconds, share.latencies_s, share.errors, 1, share.channels
+            )
             results.append(result)
             if on_level is not None:
                 on_level(result)
@@ -524,7 +528,7 @@ class ProcessPool:
 
     def close(self) -> None:
         """Stop the workers (politely, then by force)."""
-        for process, conn, _ in self._workers:
+        for _process, conn, _ in self._workers:
             try:
                 conn.send(None)
             except (BrokenPipeError, OSError):

@@ -46,7 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_server_options(p)
     p.add_argument("-b", "--batch", type=positive_int, help="items per request: the batch dimension (default 1)")
     p.add_argument("--concurrency", "--concurrency-range", dest="concurrency", default="1", type=parse_concurrency,
-                   help="levels: a comma list and/or start:end[:step] ranges, step +N or xN (default 1; e.g. 1,8,32 or 1:64:x2)")
+                   help="levels: a comma list and/or start:end[:step] ranges, step +N or xN "
+                        "(default 1; e.g. 1,8,32 or 1:64:x2)")
     p.add_argument("--seconds", type=positive_float, default=5.0, help="measurement window per level (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds before each window (default 1)")
     p.add_argument("--input", type=Path, metavar="FILE",
@@ -62,7 +63,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="outstanding requests per gRPC channel/connection (default 8)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results (levels and run metadata) as JSON")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write one CSV row per level")
-    p.add_argument("--plot", type=Path, metavar="FILE.png", help="plot throughput against p99 latency (needs matplotlib)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="plot throughput against p99 latency (needs matplotlib)")
     p.set_defaults(func=run)
 
 
@@ -156,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
         for line in format_errors(result):
             print(line, file=out, flush=True)
         done.append(result)
-        display.next_level(len(done), len(args.concurrency), args.concurrency[len(done)] if len(done) < len(args.concurrency) else None)
+        display.next_level(
+            len(done), len(args.concurrency), args.concurrency[len(done)] if len(done) < len(args.concurrency) else None
+        )
 
     display.next_level(0, len(args.concurrency), args.concurrency[0])
     interrupted = False
@@ -209,7 +213,8 @@ def _prepare(args: argparse.Namespace) -> tuple[bytes, int, dict[str, Any]]:
             meta = None
     if args.input is not None:
         if args.batch is not None or shapes:
-            print("warning: --batch and --shape are ignored with --input (the arrays' shapes are sent)", file=sys.stderr)
+            print("warning: --batch and --shape are ignored with --input (the arrays' shapes are sent)",
+                  file=sys.stderr)
         inputs = bench.load_inputs(args.input, meta.inputs if meta else None)
         source = str(args.input)
     else:
@@ -220,7 +225,8 @@ def _prepare(args: argparse.Namespace) -> tuple[bytes, int, dict[str, Any]]:
     description = {
         "source": source,
         "tensors": [
-            {"name": n, "datatype": (datatypes or {}).get(n) or _datatype(a), "shape": list(a.shape)} for n, a in inputs.items()
+            {"name": n, "datatype": (datatypes or {}).get(n) or _datatype(a), "shape": list(a.shape)}
+            for n, a in inputs.items()
         ],
     }
     return request, bench.batch_of(inputs), description

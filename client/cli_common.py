@@ -28,7 +28,8 @@ def add_server_options(
     parser: argparse.ArgumentParser, *, model: bool = True, version: bool = True, timeout: float = 60.0
 ) -> None:
     """-u/--url, and -m/--model, -x/--model-version and --timeout (Triton perf_analyzer's short flags)."""
-    parser.add_argument("-u", "--url", default="localhost:8001", help="server address host:port (default localhost:8001)")
+    parser.add_argument("-u", "--url", default="localhost:8001",
+                        help="server address host:port (default localhost:8001)")
     if model:
         parser.add_argument("-m", "--model", required=True, help="model name")
     if version:

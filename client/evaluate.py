@@ -95,7 +95,9 @@ def match_inputs(arrays: Mapping[str, np.ndarray], meta: ModelMetadata, n: int) 
     for tensor in meta.inputs:
         array = arrays[tensor.name]
         if array.ndim == 0 or len(array) != n:
-            raise EvaluationInputError(f"input '{tensor.name}' has {len(array) if array.ndim else 0} examples but 'y' has {n}")
+            raise EvaluationInputError(
+                f"input '{tensor.name}' has {len(array) if array.ndim else 0} examples but 'y' has {n}"
+            )
         if tensor.datatype != "BYTES" and tensor.datatype in NUMPY_DTYPES:
             array = array.astype(NUMPY_DTYPES[tensor.datatype], copy=False)
         inputs[tensor.name] = array
@@ -204,7 +206,9 @@ def evaluate(
     wall = time.perf_counter() - started
     scores = np.concatenate(parts) if len(parts) > 1 else parts[0]
     if scores.ndim == 0 or len(scores) != n:
-        raise EvaluationInputError(f"output '{output_name}' has {len(scores) if scores.ndim else 0} rows for {n} examples")
+        raise EvaluationInputError(
+            f"output '{output_name}' has {len(scores) if scores.ndim else 0} rows for {n} examples"
+        )
     try:
         decoded = decode_predictions(scores, threshold)
     except ClassDecodingError as exc:

@@ -12,7 +12,7 @@ from .cli_common import ProgressLine, add_server_options, positive_int
 
 EPILOG = """examples:
   modelport evaluate --url localhost:8001 --model mlp --data test.npz
-  modelport evaluate --url localhost:8001 --model mlp --data test.npz --batch-size 256 --threshold 0.3 --json report.json
+  modelport evaluate --url localhost:8001 --model mlp --data test.npz -b 256 --threshold 0.3 --json report.json
   modelport evaluate --url localhost:8001 --model two_in --data test.npz --output probs --json -
 
 The .npz holds 'x' (the inputs) and 'y' (integer class labels, 0/1 for binary); a model with
@@ -31,11 +31,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                      "per-class and macro precision/recall/F1, the confusion matrix and request latency.")  # fmt: skip
     p.epilog = EPILOG
     add_server_options(p)
-    p.add_argument("--data", required=True, type=Path, metavar="FILE.npz", help=".npz with 'x' (or one array per input) and 'y'")
+    p.add_argument("--data", required=True, type=Path, metavar="FILE.npz",
+                   help=".npz with 'x' (or one array per input) and 'y'")
     p.add_argument("-b", "--batch-size", type=positive_int, default=64, help="examples per request (default 64)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="a [N, 1] probability above this is class 1 (default 0.5)")  # fmt: skip
-    p.add_argument("--output", metavar="NAME", help="the output holding the predictions (needed when the model has several)")
+    p.add_argument("--output", metavar="NAME",
+                   help="the output holding the predictions (needed when the model has several)")
     p.add_argument("--json", metavar="FILE|-", help="write every number as JSON to FILE, or to stdout with '-'")
     p.set_defaults(func=run)
 
@@ -111,7 +113,9 @@ def format_report(result, url: str) -> list[str]:
         f"{'class':>{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>9}",
     ]
     for i, label in enumerate(m.labels):
-        lines.append(f"{label:>{width}}  {m.precision[i]:>9.4f}  {m.recall[i]:>9.4f}  {m.f1[i]:>9.4f}  {m.support[i]:>9}")
+        lines.append(
+            f"{label:>{width}}  {m.precision[i]:>9.4f}  {m.recall[i]:>9.4f}  {m.f1[i]:>9.4f}  {m.support[i]:>9}"
+        )
     macro = m.macro
     lines.append(f"{'macro':>{width}}  {macro.precision:>9.4f}  {macro.recall:>9.4f}  {macro.f1:>9.4f}  {m.n:>9}")
     if m.positive is not None:

@@ -69,11 +69,13 @@ class CompressionReport:
             f"method        {self.method} (from version {self.source_version})",
             f"size          {self.size_before / 1024:.1f} KiB -> {self.size_after / 1024:.1f} KiB "
             f"({self.size_after / self.size_before:.2f}x)",
-            f"{self.metric:<13} {self.before:.4f} -> {self.after:.4f} (drop {self.drop:+.4f}, allowed {self.max_drop:.4f}; on {self.gate_data})",
+            f"{self.metric:<13} {self.before:.4f} -> {self.after:.4f} "
+            f"(drop {self.drop:+.4f}, allowed {self.max_drop:.4f}; on {self.gate_data})",
         ]
         for a, b in zip(self.speed_before, self.speed_after):
             out.append(
-                f"batch {a.batch:<7} {a.items_per_s:,.0f} -> {b.items_per_s:,.0f} items/s ({b.items_per_s / a.items_per_s:.2f}x), "
+                f"batch {a.batch:<7} {a.items_per_s:,.0f} -> {b.items_per_s:,.0f} items/s "
+                f"({b.items_per_s / a.items_per_s:.2f}x), "
                 f"latency {a.latency_ms:.3f} -> {b.latency_ms:.3f} ms"
             )
         return out
@@ -100,7 +102,9 @@ def compress(
     versions = list(version_folders(model_dir))
     source = from_version if from_version is not None else (versions[-1] if versions else None)
     if source is None or source not in versions:
-        raise ValueError(f"{model_dir}: no version {from_version if from_version else ''} to compress; found {versions}")
+        raise ValueError(
+            f"{model_dir}: no version {from_version if from_version else ''} to compress; found {versions}"
+        )
     source_path = model_dir / str(source) / MODEL_FILE
     original = source_path.read_bytes()
     session = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
@@ -230,7 +234,9 @@ def _gate(method, source, original, compressed, eval_data, calib, inputs, max_dr
         metric, b = "agreement", 1.0
         a = float(np.mean(decode_predictions(before, threshold).labels == decode_predictions(after, threshold).labels))
         drop = b - a
-        gate_data = "calibration data (no --eval: output agreement, not accuracy)" if calib else "random inputs (no --eval)"
+        gate_data = (
+            "calibration data (no --eval: output agreement, not accuracy)" if calib else "random inputs (no --eval)"
+        )
     sample = feeds
     return CompressionReport(
         method, source, len(original), len(compressed), metric, b, a, drop, max_drop, gate_data,

@@ -88,4 +88,6 @@ def _compare(name: str, expected: np.ndarray, got: np.ndarray, atol: float, rtol
         return OutputParity(name, 0.0, [], 0.0, 0.0, True)
     index = np.unravel_index(int(np.nanargmax(np.where(np.isnan(excess), np.inf, excess))), diff.shape)
     ok = bool(np.all(excess <= 0)) and not np.isnan(diff).any()
-    return OutputParity(name, float(np.nanmax(diff)), [int(i) for i in index], float(want[index]), float(have[index]), ok)
+    return OutputParity(
+        name, float(np.nanmax(diff)), [int(i) for i in index], float(want[index]), float(have[index]), ok
+    )

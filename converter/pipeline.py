@@ -17,7 +17,7 @@ import numpy as np
 from modelport.protocol.arrays import load_arrays, select_inputs
 
 from . import export, parity, publish, sources
-from .defaults import DEFAULT_MAX_BATCH_SIZE
+from .defaults import DEFAULT_ATOL, DEFAULT_MAX_BATCH_SIZE, DEFAULT_OPSET, DEFAULT_RTOL
 from .stats import input_statistics, weight_sparsity
 
 
@@ -53,10 +53,10 @@ def convert(
     name: str,
     *,
     version: int | None = None,
-    opset: int = export.DEFAULT_OPSET,
+    opset: int = DEFAULT_OPSET,
     sample: dict[str, np.ndarray] | np.ndarray | str | Path | None = None,
-    atol: float = parity.DEFAULT_ATOL,
-    rtol: float = parity.DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     progress: Callable[[str], None] | None = None,
     tamper: Callable[[Any], None] | None = None,
@@ -78,7 +78,10 @@ def convert(
     if tamper is not None:
         tamper(model)
     data, sample_name = _sample(loaded, sample)
-    say(f"[3/4] parity check on {len(next(iter(data.values())))} rows of {sample_name} data (atol {atol:g}, rtol {rtol:g})")
+    say(
+        f"[3/4] parity check on {len(next(iter(data.values())))} rows of {sample_name} data "
+        f"(atol {atol:g}, rtol {rtol:g})"
+    )
     report = parity.check(loaded, model.SerializeToString(), data, atol, rtol, sample_name)
     if not report.passed:
         raise ParityError(report)
@@ -110,11 +113,16 @@ def _sample(loaded: sources.Source, sample: Any) -> tuple[dict[str, np.ndarray],
 
 def _record(loaded: sources.Source, opset: int, report: parity.ParityReport, data: dict, sample_name: str) -> dict:
     return {
-        "source": {"kind": loaded.kind, "path": str(loaded.path) if loaded.path else None, "sha256": _hash(loaded.path)},
+        "source": {
+            "kind": loaded.kind, "path": str(loaded.path) if loaded.path else None, "sha256": _hash(loaded.path)
+        },
         "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
         "opset": opset,
-        "inputs": [{"name": t.name, "dtype": str(t.dtype), "shape": [d if d is not None else -1 for d in t.shape]} for t in loaded.inputs],
+        "inputs": [
+            {"name": t.name, "dtype": str(t.dtype), "shape": [d if d is not None else -1 for d in t.shape]}
+            for t in loaded.inputs
+        ],
         "outputs": loaded.outputs,
         "parity": report.to_dict(),
         "sample": sample_name,

@@ -102,7 +102,10 @@ def from_saved_model(path: Path) -> Source:
     if signature is None:
         raise ValueError(f"{path}: the SavedModel has no signature to convert")
     specs = signature.structured_input_signature[1]
-    inputs = [SourceTensor(name, np.dtype(s.dtype.as_numpy_dtype), _batch_dynamic(s.shape)) for name, s in sorted(specs.items())]
+    inputs = [
+        SourceTensor(name, np.dtype(s.dtype.as_numpy_dtype), _batch_dynamic(s.shape))
+        for name, s in sorted(specs.items())
+    ]
     outputs = sorted(signature.structured_outputs)
     tf_specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in inputs]
     names = [t.name for t in inputs]

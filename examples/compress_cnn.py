@@ -45,7 +45,8 @@ def main() -> int:
         b1, b32 = report.speed_after
         a1, a32 = report.speed_before
         rows.append(
-            f"| {method} | {version} | {report.size_after / 1024:.1f} KiB ({report.size_after / report.size_before:.2f}x) "
+            f"| {method} | {version} | {report.size_after / 1024:.1f} KiB "
+            f"({report.size_after / report.size_before:.2f}x) "
             f"| {report.before:.4f} → {report.after:.4f} | {b1.items_per_s / a1.items_per_s:.2f}x "
             f"| {b32.items_per_s / a32.items_per_s:.2f}x |"
         )

@@ -35,7 +35,9 @@ def train(sparsity: float, epochs: int = 12):
     keras.utils.set_random_seed(0)
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16)[..., None]
-    x_train, x_test, y_train, y_test = train_test_split(x, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, digits.target, test_size=0.25, random_state=0, stratify=digits.target
+    )
     model = keras.Sequential([
         keras.layers.Input((8, 8, 1), name="image"),
         keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(2),

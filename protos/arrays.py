@@ -34,7 +34,9 @@ def load_arrays(path: Path | str) -> dict[str, np.ndarray]:
     return {"x": loaded}
 
 
-def select_inputs(arrays: Mapping[str, np.ndarray], names: Sequence[str], source: str = "the data") -> dict[str, np.ndarray]:
+def select_inputs(
+    arrays: Mapping[str, np.ndarray], names: Sequence[str], source: str = "the data"
+) -> dict[str, np.ndarray]:
     """{input name: array} for `names`, in that order: each by its name, or `x` for a single
     input. MissingInputs names what is missing."""
     if len(names) == 1 and names[0] not in arrays and "x" in arrays:

@@ -38,7 +38,9 @@ def decode_predictions(output: np.ndarray, threshold: float = 0.5) -> Decoded:
         )
     if output.dtype.kind in "biu":
         if output.ndim == 2 and output.shape[1] != 1:
-            raise ClassDecodingError(f"an integer output must be labels of shape [N] or [N, 1], got {list(output.shape)}")
+            raise ClassDecodingError(
+                f"an integer output must be labels of shape [N] or [N, 1], got {list(output.shape)}"
+            )
         labels = output.reshape(len(output)).astype(np.int64)
         return Decoded(labels, "labels", bool(np.isin(labels, [0, 1]).all()))
     if output.dtype.kind != "f":

@@ -240,7 +240,9 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[RequestedOutput]:
         if param is not None:
             which = param.WhichOneof("parameter_choice")
             if which not in ("int64_param", "uint64_param"):
-                raise CodecError(f"output '{output.name}': the classification parameter must be an integer, got {which}")
+                raise CodecError(
+                    f"output '{output.name}': the classification parameter must be an integer, got {which}"
+                )
             count = int(getattr(param, which))
         wanted.append(RequestedOutput(output.name, count))
     return wanted

@@ -62,7 +62,10 @@ def generate(out: Path) -> list[Path]:
             dst = out / src.name
             dst.write_text(_rewrite(src.read_text()))
             written.append(dst)
-    for name, body in {"_pool.py": POOL_MODULE, "__init__.py": '"""Generated protocol code (protos/generate.py)."""\n'}.items():
+    for name, body in {
+        "_pool.py": POOL_MODULE,
+        "__init__.py": '"""Generated protocol code (protos/generate.py)."""\n',
+    }.items():
         (out / name).write_text(body)
         written.append(out / name)
     return written

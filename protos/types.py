@@ -57,7 +57,9 @@ class ModelMetadata:
         """The protobuf answer."""
 
         def specs(items: tuple[TensorSpec, ...]) -> list:
-            return [pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in items]
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in items
+            ]
 
         return pb.ModelMetadataResponse(
             name=self.name, versions=self.versions, platform=self.platform,

@@ -102,7 +102,11 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
         registry = ModelRegistry(settings.model_repository, LoaderSettings.of(settings))
         await registry.load_all(_startup_models(settings))
     dataplane, quality = build_dataplane(settings, registry)
-    interceptors = [AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health)] if settings.auth_token_file else []
+    interceptors = (
+        [AuthInterceptor(TokenFile(settings.auth_token_file), settings.auth_open_health)]
+        if settings.auth_token_file
+        else []
+    )
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -32,7 +32,9 @@ ADMIN_METHODS = {
     "/inference.GRPCInferenceService/TraceSetting",
     "/inference.GRPCInferenceService/LogSettings",
 }
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/"
+)
 SCOPES = {"inference", "admin"}
 
 
@@ -59,7 +61,9 @@ class TokenFile:
             parts = line.split()
             scopes = frozenset(parts[1].split(",")) if len(parts) > 1 else frozenset()
             if len(parts) != 2 or not scopes <= SCOPES:
-                raise ValueError(f"{self.path}:{number}: expected '<token> <scope>[,<scope>]' with scopes {sorted(SCOPES)}")
+                raise ValueError(
+                    f"{self.path}:{number}: expected '<token> <scope>[,<scope>]' with scopes {sorted(SCOPES)}"
+                )
             tokens.append((parts[0].encode(), scopes))
         self._tokens, self._stamp = tokens, stamp
         event(log, logging.INFO, "auth_tokens_loaded", file=str(self.path), count=len(tokens))

@@ -145,11 +145,16 @@ class DataPlane:
         limits = self.limits
         if limits.max_pending_requests and model.in_flight >= limits.max_pending_requests:
             raise QueueFull(
-                f"{model.where}: {model.in_flight} requests are already pending (limit {limits.max_pending_requests}); retry later"
+                f"{model.where}: {model.in_flight} requests are already pending "
+                f"(limit {limits.max_pending_requests}); retry later"
             )
         # Back-pressure on memory: a flood of large requests is refused, not queued (the refused
         # request's bytes are freed at once).
-        if limits.max_inflight_bytes and self._inflight_bytes and self._inflight_bytes + nbytes > limits.max_inflight_bytes:
+        if (
+            limits.max_inflight_bytes
+            and self._inflight_bytes
+            and self._inflight_bytes + nbytes > limits.max_inflight_bytes
+        ):
             raise QueueFull(
                 f"{model.where}: the server holds {self._inflight_bytes} bytes of requests in flight and this one "
                 f"has {nbytes} (limit {limits.max_inflight_bytes}, --max-inflight-bytes); retry later"
@@ -231,7 +236,9 @@ class DataPlane:
             )
 
 
-def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: dict[str, np.ndarray]) -> dict[str, Tensor]:
+def _shape_outputs(
+    model: ModelVersion, wanted: list[RequestedOutput], results: dict[str, np.ndarray]
+) -> dict[str, Tensor]:
     """The requested outputs as the caller gets them: as computed, or top-k classes."""
     outputs: dict[str, Tensor] = {}
     for want in wanted:
@@ -240,7 +247,9 @@ def _shape_outputs(model: ModelVersion, wanted: list[RequestedOutput], results: 
         if want.class_count:
             # Rows are examples when the model batches, or when the first dimension is free.
             batched = model.spec.max_batch_size > 0 or (len(spec.shape) > 1 and spec.shape[0] == -1)
-            outputs[want.name] = ("BYTES", classify(model.where, want.name, array, want.class_count, spec.labels, batched))
+            outputs[want.name] = (
+                "BYTES", classify(model.where, want.name, array, want.class_count, spec.labels, batched)
+            )
         else:
             outputs[want.name] = (spec.datatype, array)
     return outputs

@@ -19,4 +19,6 @@ class FeedbackServicer(fb_grpc.FeedbackServicer):
     async def ReportLabel(self, request: fb.ReportLabelRequest, context) -> fb.ReportLabelResponse:
         if not request.model_name or not request.id or not request.labels:
             raise InvalidInput("ReportLabel needs model_name, id and at least one label")
-        return fb.ReportLabelResponse(matched=self._monitor.report(request.model_name, request.id, list(request.labels)))
+        return fb.ReportLabelResponse(
+            matched=self._monitor.report(request.model_name, request.id, list(request.labels))
+        )

@@ -35,7 +35,9 @@ class JsonFormatter(logging.Formatter):
         }
         if hasattr(record, "event"):
             data["event"] = record.event
-            data.update({k: v if isinstance(v, (int, float, bool)) or v is None else str(v) for k, v in record.fields.items()})
+            data.update(
+                {k: v if isinstance(v, (int, float, bool)) or v is None else str(v) for k, v in record.fields.items()}
+            )
         else:
             data["message"] = record.getMessage()
         if record.exc_info:

@@ -200,7 +200,9 @@ class ModelRegistry:
             if old is None:
                 self._set_state(entry, version, VersionState(LOADING))
             try:
-                served[version] = loaded = await asyncio.to_thread(load_version, directory, spec, version, self.settings)
+                served[version] = loaded = await asyncio.to_thread(
+                    load_version, directory, spec, version, self.settings
+                )
                 event(log, logging.INFO, "model_loaded", model=entry.name, version=version,
                       providers=",".join(loaded.scheduler.instances[0].model.providers))
             except ModelLoadError as exc:

@@ -70,7 +70,9 @@ def available_providers(requested: Sequence[str], device_id: int = 0) -> list[tu
                 options["cudnn_conv_algo_search"] = "HEURISTIC"
             chosen.append((provider, options))
         else:
-            log.warning("execution provider %s is not available in this onnxruntime build; using the next one", provider)
+            log.warning(
+                "execution provider %s is not available in this onnxruntime build; using the next one", provider
+            )
     if all(p != "CPUExecutionProvider" for p, _ in chosen):
         chosen.append(("CPUExecutionProvider", {}))
     return chosen
@@ -133,7 +135,10 @@ class OnnxModel:
             feed = {name: _to_ort(self.where, name, datatype, array) for name, (datatype, array) in inputs.items()}
         try:
             if self._needs_ort_values:
-                values = {n: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v) for n, v in feed.items()}
+                values = {
+                    n: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v)
+                    for n, v in feed.items()
+                }
                 results = [v.numpy() for v in self._session.run_with_ort_values(list(outputs), values)]
             elif self._binding is not None:
                 results = self._binding.run(list(outputs), feed, None)
@@ -166,7 +171,9 @@ def _session_options(options: SessionOptions) -> ort.SessionOptions:
     if options.inter_op_threads > 1:
         so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     so.graph_optimization_level = _GRAPH_LEVELS.get(options.graph_level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    entries = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0", **dict(options.config_entries)}
+    entries = {
+        "session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0", **dict(options.config_entries)
+    }
     for key, value in entries.items():
         so.add_session_config_entry(key, value)
     return so

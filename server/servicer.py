@@ -137,7 +137,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )  # fmt: skip
 
     @rpc_errors
-    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context
+    ) -> pb.RepositoryModelLoadResponse:
         _no_parameters(request.model_name, request.parameters, allowed=())
         await self._dp.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 # Histogram bucket bounds, from 100 µs to 60 s: a tiny MLP on CPU to a large batch on a busy GPU.
-LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
+)
 _BOUNDS_NS = tuple(int(b * 1e9) for b in LATENCY_BUCKETS_S)
 
 

@@ -116,7 +116,8 @@ def dense_chain(width: int = 512, depth: int = 16) -> onnx.ModelProto:
         out = "y" if i == depth - 1 else f"h{i}"
         nodes.append(helper.make_node("MatMul", [previous, "w"], [out]))
         previous = out
-    return graph_model(nodes, [("x", TensorProto.FLOAT, [None, width])], [("y", TensorProto.FLOAT, [None, width])], [weight])
+    return graph_model(nodes, [("x", TensorProto.FLOAT, [None, width])], [("y", TensorProto.FLOAT, [None, width])],
+                       [weight])
 
 
 def cast(from_type: int, to_type: int, shape=(None, 3), name: str = "x", out: str = "y") -> onnx.ModelProto:
@@ -155,7 +156,10 @@ def softmax_classifier(weights) -> onnx.ModelProto:
     w = numpy_helper.from_array(np.asarray(weights, dtype=np.float32), "w")
     features, classes = w.dims
     return graph_model(
-        [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
         [("x", TensorProto.FLOAT, [None, features])],
         [("probs", TensorProto.FLOAT, [None, classes])],
         [w],

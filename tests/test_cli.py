@@ -12,10 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
-from modelport.client import Client
+from modelport.client import Client, InferenceServerError
 from tests import models
 
 CLI = [sys.executable, "-m", "modelport.client.cli"]
@@ -219,8 +220,9 @@ def test_json_logs_one_line_per_event(repo: Path) -> None:
         client = Client(server.address)
         for _ in range(20):
             client.predict("scale", np.ones((1, 3)))
-        with pytest.raises(Exception):
+        with pytest.raises(InferenceServerError) as caught:
             client.infer("scale", {"x": np.ones((1, 4), np.float32)})
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "input 'x'" in caught.value.message
     finally:
         server.stop()
     records = [json.loads(line) for line in server.log if line.startswith("{")]

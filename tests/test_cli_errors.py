@@ -61,7 +61,8 @@ def test_predict_mistakes(capsys, files, address) -> None:
     assert_one_error(code, err, "missing.npy", "No such file", exit_code=2)
     code, err = run(capsys, "predict", "--url", address, "--model", "scale", "--input", files["text"])
     assert_one_error(code, err, "notes.txt", "not a .npy or .npz", exit_code=2)
-    code, err = run(capsys, "predict", "--url", UNREACHABLE, "--model", "scale", "--input", files["npy"], "--timeout", "5")
+    code, err = run(capsys, "predict", "--url", UNREACHABLE, "--model", "scale", "--input", files["npy"],
+                    "--timeout", "5")
     assert_one_error(code, err, "UNAVAILABLE", exit_code=1)
     code, err = run(capsys, "predict", "--url", address, "--model", "nope", "--input", files["npy"])
     assert_one_error(code, err, "NOT_FOUND", "'nope'", exit_code=1)
@@ -74,7 +75,8 @@ def test_evaluate_mistakes(capsys, files, address) -> None:
     assert_one_error(code, err, "missing.npy", exit_code=2)
     code, err = run(capsys, "evaluate", "--url", address, "--model", "scale", "--data", files["npy"])
     assert_one_error(code, err, "'x' and 'y'", exit_code=2)
-    code, err = run(capsys, "evaluate", "--url", UNREACHABLE, "--model", "scale", "--data", files["npz"], "--timeout", "5")
+    code, err = run(capsys, "evaluate", "--url", UNREACHABLE, "--model", "scale", "--data", files["npz"],
+                    "--timeout", "5")
     assert_one_error(code, err, "UNAVAILABLE", exit_code=1)
     code, err = run(capsys, "evaluate", "--url", address, "--model", "nope", "--data", files["npz"])
     assert_one_error(code, err, "NOT_FOUND", "'nope'", exit_code=1)
@@ -119,7 +121,8 @@ def test_convert_and_compress_mistakes(capsys, files, tmp_path) -> None:
     assert_one_error(code, err, "nope.npz", exit_code=2)
     code, err = run(capsys, "compress", "--model-repository", tmp_path, "--name", "m", "--method", "fp16")
     assert_one_error(code, err, "no version", exit_code=2)
-    code, err = run(capsys, "compress", "--model-repository", files["repo"], "--name", "scale", "--method", "int8-static")
+    code, err = run(capsys, "compress", "--model-repository", files["repo"], "--name", "scale",
+                    "--method", "int8-static")
     assert_one_error(code, err, "--calibration", exit_code=2)
 
 

@@ -44,7 +44,8 @@ def help_flags() -> dict[str, str]:
 def test_readme_flag_table_matches_serve_help() -> None:
     documented, actual = readme_flags(), help_flags()
     assert sorted(documented) == sorted(actual), (
-        f"in --help only: {sorted(set(actual) - set(documented))}; in README only: {sorted(set(documented) - set(actual))}"
+        f"in --help only: {sorted(set(actual) - set(documented))}; "
+        f"in README only: {sorted(set(documented) - set(actual))}"
     )
     differ = {flag: (documented[flag], actual[flag]) for flag in actual if documented[flag] != actual[flag]}
     assert not differ, f"defaults (README, --help) differ: {differ}"

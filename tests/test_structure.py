@@ -78,12 +78,14 @@ def test_client_commands_load_neither_server_nor_converter() -> None:
     code = (
         "import sys\n"
         "from modelport.client.cli import main\n"
-        "for argv in (['--help'], ['predict', '--help'], ['bench', '--help'], ['evaluate', '--help'], ['models', '--help']):\n"
+        "for argv in (['--help'], ['predict', '--help'], ['bench', '--help'], ['evaluate', '--help'], "
+        "['models', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "loaded = [m for m in ('modelport.server', 'modelport.converter', 'pydantic_settings', 'onnxruntime', 'tensorflow')\n"
+        "loaded = [m for m in ('modelport.server', 'modelport.converter', 'pydantic_settings', 'onnxruntime', "
+        "'tensorflow')\n"
         "          if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

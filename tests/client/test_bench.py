@@ -65,7 +65,8 @@ def test_sweep_prints_one_row_per_level_and_writes_json_and_csv(repo, start_serv
     with out_csv.open() as f:
         written = list(csv.DictReader(f))
     assert [r["concurrency"] for r in written] == ["1", "4"]
-    assert {"requests_per_s", "items_per_s", "p50_ms", "p90_ms", "p99_ms", "avg_ms", "errors", "model"} <= set(written[0])
+    assert {"requests_per_s", "items_per_s", "p50_ms", "p90_ms", "p99_ms", "avg_ms", "errors",
+            "model"} <= set(written[0])
     assert all(int(r["requests"]) > 0 and r["model"] == "scale" for r in written)
 
 
@@ -102,7 +103,8 @@ def test_input_npz_sets_the_request_and_batch(repo, start_server, tmp_path, caps
     assert code == 0
     document = json.loads(out_json.read_text())
     assert document["batch"] == 5
-    assert document["inputs"] == {"source": str(tmp_path / "x.npz"), "tensors": [{"name": "x", "datatype": "FP32", "shape": [5, 3]}]}
+    assert document["inputs"] == {"source": str(tmp_path / "x.npz"),
+                                  "tensors": [{"name": "x", "datatype": "FP32", "shape": [5, 3]}]}
     (level,) = document["levels"]
     assert level["requests"] > 0 and level["items_per_s"] == pytest.approx(5 * level["requests_per_s"])
 
@@ -227,5 +229,7 @@ def test_level_result_summary_without_samples():
     result = bench.LevelResult.from_samples(8, 2, 1.0, np.empty(0), {"UNAVAILABLE": (3, "down")})
     assert result.requests == 0 and result.errors == 3 and result.requests_per_s == 0
     summary = result.to_dict()
-    assert summary["p99_ms"] is None and summary["error_summary"] == [{"code": "UNAVAILABLE", "count": 3, "first_message": "down"}]
+    assert summary["p99_ms"] is None and summary["error_summary"] == [
+        {"code": "UNAVAILABLE", "count": 3, "first_message": "down"}
+    ]
     json.dumps(summary, allow_nan=False)

@@ -87,7 +87,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def evaluate_json(capsys, tmp_path: Path, address: str, model: str, data: Path, *extra: str) -> tuple[dict, str]:
     out = tmp_path / f"{model}.json"
-    code, stdout, stderr = run_cli(capsys, "--url", address, "--model", model, "--data", str(data), "--json", str(out), *extra)
+    code, stdout, stderr = run_cli(capsys, "--url", address, "--model", model, "--data", str(data), "--json", str(out),
+                                   *extra)
     assert code == 0, stderr
     return json.loads(out.read_text()), stdout
 

@@ -28,7 +28,8 @@ def classifier(rng: np.random.Generator, width: int = 256, classes: int = 4):
         helper.make_node("MatMul", ["r", "w2"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
-    return models.graph_model(nodes, [("x", TensorProto.FLOAT, [None, 16])], [("probs", TensorProto.FLOAT, [None, 4])], [w1, w2])
+    return models.graph_model(nodes, [("x", TensorProto.FLOAT, [None, 16])], [("probs", TensorProto.FLOAT, [None, 4])],
+                              [w1, w2])
 
 
 @pytest.fixture
@@ -68,7 +69,8 @@ def test_gate_refuses_and_publishes_nothing(repo, tmp_path: Path) -> None:
     close = np.argsort(top2[:, 1] - top2[:, 0])[:40]
     np.savez(tmp_path / "edge.npz", x=x[close], y=probs[close].argmax(axis=1))
     with pytest.raises(AccuracyGateError, match="nothing was published"):
-        compress(root, "clf", "int8-dynamic", eval_data=tmp_path / "edge.npz", max_accuracy_drop=0.0, progress=lambda _: None)
+        compress(root, "clf", "int8-dynamic", eval_data=tmp_path / "edge.npz", max_accuracy_drop=0.0,
+                 progress=lambda _: None)
     assert sorted(p.name for p in (root / "clf").iterdir()) == ["1"]
     code = cli(["compress", "--model-repository", str(root), "--name", "clf", "--method", "int8-dynamic",
                 "--eval", str(tmp_path / "edge.npz"), "--max-accuracy-drop", "0"])

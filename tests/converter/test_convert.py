@@ -64,7 +64,8 @@ def saved(tmp_path_factory, mlp, two_in_two_out) -> dict[str, Path]:
 
     module = Doubler()
     tf.saved_model.save(module, str(root / "module"), signatures={"serving_default": module.serve})
-    return {"keras": root / "mlp.keras", "h5": root / "mlp.h5", "exported": root / "exported", "module": root / "module"}
+    return {"keras": root / "mlp.keras", "h5": root / "mlp.h5", "exported": root / "exported",
+            "module": root / "module"}
 
 
 def run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -181,14 +182,16 @@ def test_config_pbtxt_round_trips_and_keeps_user_fields(two_in_two_out, tmp_path
 def test_sample_file_drives_parity_and_statistics(mlp, tmp_path: Path) -> None:
     x = RNG.normal(5, 2, (40, 30)).astype(np.float32)
     np.savez(tmp_path / "sample.npz", x=x)
-    result = convert_keras(mlp, str(tmp_path / "repo"), "mlp", sample=str(tmp_path / "sample.npz"), progress=lambda _: None)
+    result = convert_keras(mlp, str(tmp_path / "repo"), "mlp", sample=str(tmp_path / "sample.npz"),
+                           progress=lambda _: None)
     stats = result.record["input_statistics"]["features"]
     assert stats["count"] == 40 and result.record["sample"] == "sample.npz"
     np.testing.assert_allclose(stats["mean"], x.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(stats["max"], x.max(axis=0))
 
 
-def test_served_outputs_equal_tensorflow_through_tritonclient(two_in_two_out, mlp, tmp_path: Path, start_server) -> None:
+def test_served_outputs_equal_tensorflow_through_tritonclient(two_in_two_out, mlp, tmp_path: Path,
+                                                               start_server) -> None:
     convert_keras(two_in_two_out, str(tmp_path), "two", progress=lambda _: None)
     convert_keras(mlp, str(tmp_path), "mlp", progress=lambda _: None)
     peer = triton.InferenceServerClient(start_server(tmp_path))

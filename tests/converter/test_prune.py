@@ -32,6 +32,7 @@ def test_pruned_model_converts_with_sparsity_reported(tmp_path: Path) -> None:
     result = convert_keras(pruned, str(tmp_path), "pruned", sample={"features": x}, progress=lambda _: None)
     assert result.record["weights"]["sparsity"] > 0.5
     session = ort.InferenceSession(str(result.path / "model.onnx"))
-    assert [i.name for i in session.get_inputs()] == ["features"] and [o.name for o in session.get_outputs()] == ["probs"]
+    assert ([i.name for i in session.get_inputs()] == ["features"]
+            and [o.name for o in session.get_outputs()] == ["probs"])
     stripped = tfmot.sparsity.keras.strip_pruning(pruned)
     np.testing.assert_allclose(session.run(None, {"features": x[:8]})[0], stripped(x[:8]).numpy(), atol=1e-5)

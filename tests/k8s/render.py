@@ -79,7 +79,8 @@ def render(target: Target) -> tuple[dict, ...]:
 
 def job_manifests() -> list[dict]:
     """The plain manifests of k8s/jobs/ (the conversion Job is created with generateName)."""
-    return [doc for path in sorted((K8S / "jobs").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [doc for path in sorted((K8S / "jobs").glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def convert_job() -> dict:

@@ -135,10 +135,12 @@ def test_listed_crds_are_well_formed(rendered):
         if obj["kind"] != "ServiceMonitor":
             continue
         spec = obj["spec"]
-        assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels", "podTargetLabels"}
+        assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels",
+                             "podTargetLabels"}
         assert spec["selector"]["matchLabels"]
         for endpoint in spec["endpoints"]:
-            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings"}
+            assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings",
+                                     "metricRelabelings"}
             assert isinstance(endpoint["port"], str)
 
 
@@ -222,7 +224,8 @@ def test_selectors_match_the_pods(rendered, target):
     assert (target_ref["apiVersion"], target_ref["kind"], target_ref["name"]) == ("apps/v1", "Deployment", "modelport")
     assert "replicas" not in workload["spec"], "the HPA owns the replica count"
     for monitor in of_kind(objects, "ServiceMonitor"):
-        chosen = [s for s in of_kind(objects, "Service") if selects(monitor["spec"]["selector"], s["metadata"]["labels"])]
+        chosen = [s for s in of_kind(objects, "Service")
+                  if selects(monitor["spec"]["selector"], s["metadata"]["labels"])]
         assert [s["metadata"]["name"] for s in chosen] == ["modelport"], "scrape each pod once"
         ports = {p["name"] for p in chosen[0]["spec"]["ports"]}
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
@@ -240,7 +243,9 @@ def test_ports_match(rendered, target):
     for service in of_kind(objects, "Service"):
         for port in service["spec"]["ports"]:
             target_port = port["targetPort"]
-            assert target_port in ports or target_port in ports.values(), f"{service['metadata']['name']}: {target_port}"
+            assert target_port in ports or target_port in ports.values(), (
+                f"{service['metadata']['name']}: {target_port}"
+            )
             container_port = ports[target_port] if isinstance(target_port, str) else target_port
             protocol = {ports["grpc"]: "grpc", ports["metrics"]: "http"}[container_port]
             assert port["appProtocol"] == protocol
@@ -303,7 +308,8 @@ def test_conversion_job_writes_where_the_servers_read(rendered):
     assert job["metadata"]["namespace"] == "modelport"
     pod = pod_spec(job)
     assert pod["restartPolicy"] == "Never"
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
     served = {v["persistentVolumeClaim"]["claimName"] for v in pod_spec(deployment(rendered[Target("cpu")]))["volumes"]
               if "persistentVolumeClaim" in v}
     (c,) = pod["containers"]

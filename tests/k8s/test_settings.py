@@ -44,7 +44,7 @@ def test_configmap_keys_are_server_settings(rendered, target, monkeypatch):
     unknown = set(data) - fields
     assert not unknown, f"not ServerSettings fields: {sorted(unknown)}"
     settings = settings_from(data, monkeypatch, model_repository=Path("/models"))
-    for key, value in data.items():
+    for key, _value in data.items():
         parsed = getattr(settings, key[len(PREFIX):].lower())
         assert parsed is not None, key
     assert settings.grpc_max_connection_age_ms > 0

@@ -202,7 +202,8 @@ def contents_size(contents: pb.InferTensorContents) -> int:
 @example(contents=pb.InferTensorContents(fp32_contents=[1.0] * 8), datatype="FP32", shape=[2**40])
 @example(contents=pb.InferTensorContents(int_contents=[300]), datatype="INT8", shape=[1])
 def test_from_contents(contents: pb.InferTensorContents, datatype: str, shape: list[int]) -> None:
-    result = bounded(lambda: codec.from_contents(contents, datatype, shape, "input 'x'"), budget(contents_size(contents)))
+    result = bounded(lambda: codec.from_contents(contents, datatype, shape, "input 'x'"),
+                     budget(contents_size(contents)))
     if only_codec_error(result):
         return
     check_array(result, datatype, shape)
@@ -238,7 +239,11 @@ def infer_requests(draw) -> pb.ModelInferRequest:
 
 @FUZZ
 @given(request=infer_requests())
-@example(request=pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(name="a", datatype="FP32", shape=[2**62, 0])]))
+@example(
+    request=pb.ModelInferRequest(
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="a", datatype="FP32", shape=[2**62, 0])]
+    )
+)
 @example(
     request=pb.ModelInferRequest(
         inputs=[pb.ModelInferRequest.InferInputTensor(name="a", datatype="INT8", shape=[1] * 65)],

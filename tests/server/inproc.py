@@ -29,7 +29,8 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0)
 
 async def until_past(deadline: float) -> None:
     """Let the event loop run until time.monotonic() has passed `deadline`."""
-    await until(lambda: time.monotonic() > deadline, "the deadline has passed", timeout=deadline - time.monotonic() + 10)
+    await until(lambda: time.monotonic() > deadline, "the deadline has passed",
+                timeout=deadline - time.monotonic() + 10)
 
 
 async def within(awaitable, seconds: float = 10.0):

@@ -149,7 +149,8 @@ dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_qu
             await asyncio.to_thread(held.wait_entered)  # the instance has taken `busy`
             queued = [asyncio.ensure_future(client.infer("slow", {"x": 2 * one})) for _ in range(2)]
             await until_in_flight(3)  # both wait in the queue, which is now full
-            refused = await asyncio.gather(*(client.infer("slow", {"x": one}) for _ in range(3)), return_exceptions=True)
+            refused = await asyncio.gather(*(client.infer("slow", {"x": one}) for _ in range(3)),
+                                           return_exceptions=True)
             held.release()
             done = await asyncio.gather(busy, *queued, return_exceptions=True)
             after = await client.infer("slow", {"x": one})
@@ -160,7 +161,8 @@ dynamic_batching { max_queue_delay_microseconds: 0 default_queue_policy { max_qu
     finally:
         held.release()
         server.stop()
-    assert all(isinstance(o, InferenceServerError) and o.code == grpc.StatusCode.RESOURCE_EXHAUSTED for o in refused), refused
+    assert all(isinstance(o, InferenceServerError) and o.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+               for o in refused), refused
     assert "queue is full" in refused[0].message and "model 'slow'" in refused[0].message
     assert all(isinstance(d, dict) for d in done), done  # the queued ones were not lost
     assert after["y"].shape == (1, 16)
@@ -239,7 +241,8 @@ def test_pad_sizes() -> None:
 
 
 def test_bad_pad_batches_parameter_fails_the_load(tmp_path: Path) -> None:
-    config = 'max_batch_size: 8\ndynamic_batching { }\nparameters { key: "pad_batches" value { string_value: "maybe" } }'
+    config = ('max_batch_size: 8\ndynamic_batching { }\n'
+              'parameters { key: "pad_batches" value { string_value: "maybe" } }')
     models.save(models.batch_probe(), tmp_path, "m", config=config)
     registry = ModelRegistry(tmp_path)
     asyncio.run(registry.load_all())

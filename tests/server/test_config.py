@@ -98,8 +98,10 @@ def test_config_fixes_a_dynamic_dimension(tmp_path: Path, start_server) -> None:
         ('input [{ name: "a" data_type: TYPE_FP32 dims: [-1, 5] }, { name: "b" data_type: TYPE_FP32 dims: [-1, 4] }]',
          "has dims \\[-1, 5\\] in config.pbtxt but \\[-1, 4\\]"),
         ('input [{ name: "a" data_type: TYPE_FP32 dims: [-1, 4] }]', "also has \\['b'\\]"),
-        ('max_batch_size: 2\ninput [{ name: "a" data_type: TYPE_FP32 dims: [-1, 4] }]', "dims \\[-1, 4\\] in config.pbtxt but \\[4\\]"),
-        ('output [{ name: "sum" data_type: TYPE_FP32 dims: [-1, 4] reshape: { shape: [4] } }]', "reshape is not supported"),
+        ('max_batch_size: 2\ninput [{ name: "a" data_type: TYPE_FP32 dims: [-1, 4] }]',
+         "dims \\[-1, 4\\] in config.pbtxt but \\[4\\]"),
+        ('output [{ name: "sum" data_type: TYPE_FP32 dims: [-1, 4] reshape: { shape: [4] } }]',
+         "reshape is not supported"),
     ],
 )
 def test_mismatched_config_fails_to_load_with_reason(tmp_path: Path, config: str, message: str) -> None:

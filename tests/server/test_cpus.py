@@ -48,5 +48,6 @@ def test_affinity_caps_a_large_quota(tmp_path: Path) -> None:
     "cpu_count, workers, instances, expected",
     [(16, 1, 1, 16), (16, 8, 1, 2), (16, 4, 2, 2), (2, 4, 1, 1), (8, 1, 3, 2)],
 )
-def test_threads_divided_among_workers_and_instances(cpu_count: int, workers: int, instances: int, expected: int) -> None:
+def test_threads_divided_among_workers_and_instances(cpu_count: int, workers: int, instances: int,
+                                                      expected: int) -> None:
     assert cpus.intra_op_threads(cpu_count, workers, instances) == expected

@@ -191,7 +191,8 @@ def test_codec_error_is_invalid_input_naming_the_model_version(repo: Path) -> No
 
 
 BAD_REQUESTS = {
-    "wrong datatype": ("add_mul", {"a": A.astype(np.float64), "b": B}, (), "input 'a': expected datatype FP32, got FP64"),
+    "wrong datatype": ("add_mul", {"a": A.astype(np.float64), "b": B}, (),
+                       "input 'a': expected datatype FP32, got FP64"),
     "wrong width": ("add_mul", {"a": A[:, :3], "b": B[:, :3]}, (), "input 'a': expected shape [-1, 4]"),
     "wrong rank": ("add_mul", {"a": A.reshape(-1), "b": B}, (), "input 'a': expected shape [-1, 4]"),
     "missing input": ("add_mul", {"a": A}, (), "missing input 'b'; the model expects inputs ['a', 'b']"),
@@ -305,17 +306,25 @@ def test_counts_return_to_zero_after_every_kind_of_failure(repo: Path) -> None:
     async def run():
         async with serving(repo) as dp:
             assert "negative" in await fails(
-                dp, InvalidInput, request("gather", {"idx": np.zeros((1, 1), np.int64)}, nbytes=nbytes, error="negative")
+                dp,
+                InvalidInput,
+                request("gather", {"idx": np.zeros((1, 1), np.int64)}, nbytes=nbytes, error="negative"),
             )
             await fails(dp, InvalidInput, request("gather", {"idx": np.zeros((1, 1), np.int32)}, nbytes=nbytes))
             # ONNX Runtime fails the run (index 7 of a 3-entry table): INTERNAL.
-            message = await fails(dp, InferenceFailed, request("gather", {"idx": np.array([[7]], np.int64)}, nbytes=nbytes))
+            message = await fails(
+                dp, InferenceFailed, request("gather", {"idx": np.array([[7]], np.int64)}, nbytes=nbytes)
+            )
             assert message.startswith("model 'gather' version 1: ONNX Runtime failed")
-            expired = request("gather", {"idx": np.zeros((1, 1), np.int64)}, nbytes=nbytes, deadline=time.monotonic() - 1)
+            expired = request(
+                "gather", {"idx": np.zeros((1, 1), np.int64)}, nbytes=nbytes, deadline=time.monotonic() - 1
+            )
             assert "deadline passed before it could run" in await fails(dp, DeadlineExceeded, expired)
             # Fails after the run: classification of a BYTES output.
             words = np.array([b"a", b"b"], dtype=object)
-            assert "is not numeric" in await fails(dp, InvalidInput, request("strings", {"x": words}, outputs=[("y", 1)]))
+            assert "is not numeric" in await fails(
+                dp, InvalidInput, request("strings", {"x": words}, outputs=[("y", 1)])
+            )
             stats = dp.registry.get("gather").stats
             assert stats.failures == {"INVALID_ARGUMENT": 2, "INTERNAL": 1, "DEADLINE_EXCEEDED": 1}
             assert stats.fail.count == 4 and stats.success.count == 0
@@ -373,7 +382,8 @@ def test_statistics_count_successes_failures_rows_and_batches(repo: Path) -> Non
                     await dp.infer(request("add_mul_b4", {"a": A[:, :2], "b": B[:, :2]}))
             await dp.infer(request("add_mul", {"a": A, "b": B}))  # two rows, but the model does not batch
             await dp.infer(request("scale", {"x": X}, version="1"))
-            return [dp.registry.get(*key).stats for key in (("add_mul_b4",), ("add_mul",), ("scale", "1"), ("scale", "2"))]
+            return [dp.registry.get(*key).stats
+                    for key in (("add_mul_b4",), ("add_mul",), ("scale", "1"), ("scale", "2"))]
 
     batched, unbatched, scale1, scale2 = asyncio.run(run())
     assert batched.success.count == 3 and batched.success.ns > 0 and sum(batched.success.buckets) == 3
@@ -593,7 +603,10 @@ def test_codec_round_trip_around_one_call(repo: Path) -> None:
 
     response = pb.ModelInferResponse.FromString(asyncio.run(run()).SerializeToString())
     assert (response.model_name, response.model_version, response.id) == ("add_mul", "1", "round-trip")
-    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [("prod", "FP32", [2, 4]), ("sum", "BYTES", [2, 2])]
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [
+        ("prod", "FP32", [2, 4]),
+        ("sum", "BYTES", [2, 2]),
+    ]
     outputs = codec.decode_response(response)
     np.testing.assert_array_equal(outputs["prod"], A * B)
     # A + B = [[3, 6, 6, 6], [10, 2, 5, 5]]: ties keep the lower index first.

@@ -139,7 +139,10 @@ parameter_keys = st.one_of(
     st.sampled_from(["classification", "priority", "timeout", "binary_data_output", "sequence_id", ""]), names
 )
 class_counts = st.one_of(
-    st.builds(lambda v: pb.InferParameter(int64_param=v), st.one_of(st.integers(-3, 6), st.just(-(2**63)), st.just(2**63 - 1))),
+    st.builds(
+        lambda v: pb.InferParameter(int64_param=v),
+        st.one_of(st.integers(-3, 6), st.just(-(2**63)), st.just(2**63 - 1)),
+    ),
     st.builds(lambda v: pb.InferParameter(uint64_param=v), st.one_of(st.integers(0, 6), st.just(2**64 - 1))),
     parameter_values,
 )
@@ -246,7 +249,11 @@ def _mutate(draw, request: pb.ModelInferRequest, kind: str) -> None:
             st.one_of(
                 st.binary(max_size=40),
                 st.lists(st.binary(max_size=5), max_size=8).map(framed),
-                st.builds(lambda a, b: a + b, st.lists(st.binary(max_size=5), max_size=8).map(framed), st.binary(min_size=1, max_size=5)),
+                st.builds(
+                    lambda a, b: a + b,
+                    st.lists(st.binary(max_size=5), max_size=8).map(framed),
+                    st.binary(min_size=1, max_size=5),
+                ),
                 st.sampled_from([b"\xff\xff\xff\xff", b"\xff\xff\xff\x7fabc", struct.pack("<I", 2**31) * 2]),
             )
         )
@@ -440,7 +447,11 @@ def run_oracle(session: ort.InferenceSession, spec: ModelSpec, inputs: dict[str,
     feed = {}
     for name, array in inputs.items():
         if spec.inputs[name][0] == "BYTES":
-            array = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array) if array.size else array.astype(str).astype(object)
+            array = (
+                np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array)
+                if array.size
+                else array.astype(str).astype(object)
+            )
         feed[name] = array
     names = list(spec.outputs)
     results = dict(zip(names, session.run(names, feed)))
@@ -538,7 +549,9 @@ def still_healthy(stub) -> None:
     np.testing.assert_array_equal(outputs["prod"], np.full((1, 4), 2.0, np.float32))
 
 
-def _request(model: str, inputs: list[tuple[str, str, list[int], bytes]], outputs=(), version: str = "") -> pb.ModelInferRequest:
+def _request(
+    model: str, inputs: list[tuple[str, str, list[int], bytes]], outputs=(), version: str = ""
+) -> pb.ModelInferRequest:
     msg = pb.ModelInferRequest(model_name=model, model_version=version)
     for name, datatype, shape, data in inputs:
         msg.inputs.add(name=name, datatype=datatype, shape=shape)

@@ -277,9 +277,11 @@ def test_stream_infer_through_tritonclient(tmp_path: Path) -> None:
 
 
 def test_warmup_runs_before_ready_and_failing_warmup_fails_the_load(tmp_path: Path) -> None:
-    good = 'max_batch_size: 4\nmodel_warmup [{ name: "ok" batch_size: 2 count: 3 inputs { key: "idx" value: { data_type: TYPE_INT64 dims: [1] zero_data: true } } }]\n'
+    good = ('max_batch_size: 4\nmodel_warmup [{ name: "ok" batch_size: 2 count: 3 inputs { key: "idx" '
+            'value: { data_type: TYPE_INT64 dims: [1] zero_data: true } } }]\n')
     models.save(models.gather_rows(), tmp_path, "good", 1, config=good)
-    bad = 'max_batch_size: 4\nmodel_warmup [{ name: "bad row" batch_size: 1 inputs { key: "idx" value: { data_type: TYPE_INT64 dims: [1] input_data_file: "idx.bin" } } }]\n'
+    bad = ('max_batch_size: 4\nmodel_warmup [{ name: "bad row" batch_size: 1 inputs { key: "idx" '
+           'value: { data_type: TYPE_INT64 dims: [1] input_data_file: "idx.bin" } } }]\n')
     models.save(models.gather_rows(), tmp_path, "bad", 1, config=bad)
     (tmp_path / "bad" / "warmup").mkdir()
     (tmp_path / "bad" / "warmup" / "idx.bin").write_bytes(np.array([7], np.int64).tobytes())
@@ -303,7 +305,8 @@ def test_models_cli(tmp_path: Path) -> None:
     with BackgroundServer(tmp_path, model_control_mode="explicit") as server:
         out = subprocess.run([*cli, "--url", server.address, "list"], capture_output=True, text=True, check=True).stdout
         assert "MODEL" in out and "not loaded" in out
-        out = subprocess.run([*cli, "--url", server.address, "load", "a"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([*cli, "--url", server.address, "load", "a"], capture_output=True, text=True,
+                             check=True).stdout
         assert "loaded a: versions 1" in out
         out = subprocess.run([*cli, "--url", server.address, "list"], capture_output=True, text=True, check=True).stdout
         assert any(line.split()[:3] == ["a", "1", "READY"] for line in out.splitlines())

@@ -112,7 +112,9 @@ def test_a_policy_that_matches_no_version_makes_the_model_unavailable(tmp_path: 
             with pytest.raises(ModelNotReady) as caught:
                 registry.get("m")
             assert "no version folder matches its version policy" in caught.value.message
-            assert registry.index() == [("m", "", "UNAVAILABLE", "model 'm': no version folder matches its version policy")]
+            assert registry.index() == [
+                ("m", "", "UNAVAILABLE", "model 'm': no version folder matches its version policy")
+            ]
         finally:
             await registry.close()
 
@@ -134,7 +136,8 @@ def test_corrupt_model_is_unavailable_while_others_serve(tmp_path: Path) -> None
             assert registry.load_failures == {("bad", 1): 1}
             with pytest.raises(ModelNotReady) as caught:
                 registry.get("bad")
-            assert "model 'bad' is not ready: version 1: " in caught.value.message and "ONNX Runtime" in caught.value.message
+            assert ("model 'bad' is not ready: version 1: " in caught.value.message
+                    and "ONNX Runtime" in caught.value.message)
             assert not registry.all_ready() and registry.is_ready("good")
             np.testing.assert_array_equal(await y_of(registry, "good"), 2 * X)
 
@@ -418,7 +421,10 @@ def test_close_waits_for_running_requests_then_stops_everything(tmp_path: Path, 
         version.release()
         await within(closing)
         np.testing.assert_array_equal(results["y"], 2 * X)
-        assert rows(registry) == {("a", "1"): ("UNAVAILABLE", "server stopped"), ("b", "1"): ("UNAVAILABLE", "server stopped")}
+        assert rows(registry) == {
+            ("a", "1"): ("UNAVAILABLE", "server stopped"),
+            ("b", "1"): ("UNAVAILABLE", "server stopped"),
+        }
         with pytest.raises(ModelNotReady):
             registry.get("a")
 

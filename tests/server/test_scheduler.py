@@ -46,7 +46,8 @@ def rows(n: int, width: int = 3) -> np.ndarray:
     return RNG.normal(size=(n, width)).astype(np.float32)
 
 
-def submit(scheduler, x: np.ndarray, outputs: Sequence[str] = ("y", "n"), deadline: float | None = None, name: str = "x"):
+def submit(scheduler, x: np.ndarray, outputs: Sequence[str] = ("y", "n"), deadline: float | None = None,
+           name: str = "x"):
     datatype = "BYTES" if x.dtype == object else "INT64" if x.dtype == np.int64 else "FP32"
     return asyncio.ensure_future(scheduler.submit({name: (datatype, x)}, list(outputs), deadline))
 
@@ -304,7 +305,8 @@ def test_a_request_whose_deadline_passes_in_the_queue_never_runs(tmp_path: Path,
 
     busy, doomed, (results, timing) = asyncio.run(run())
     assert ran_with(busy[0]) == {1}
-    assert isinstance(doomed, DeadlineExceeded) and str(doomed) == f"{WHERE}: the request's deadline passed in the queue"
+    assert (isinstance(doomed, DeadlineExceeded)
+            and str(doomed) == f"{WHERE}: the request's deadline passed in the queue")
     np.testing.assert_array_equal(results["y"], 2 * good_x)
     assert timing.batch_size == 2 and ran_with(results) == {2}  # the expired request did not ride along
 

@@ -31,7 +31,8 @@ def pki(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("pki")
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+                            ("client", "extendedKeyUsage=clientAuth")):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(d / f"{name}.key"),
                 "-out", str(d / f"{name}.csr"))
         (d / f"{name}.ext").write_text(extension + "\n")
@@ -63,7 +64,8 @@ def test_mutual_tls_and_certificate_reload(pki: Path, repo: Path, tmp_path: Path
     settings = dict(grpc_use_ssl=True, grpc_use_ssl_mutual=True, grpc_server_cert=cert, grpc_server_key=key,
                     grpc_root_cert=pki / "ca.pem")
     with BackgroundServer(repo, **settings) as server:
-        good = dict(root_certificates=pki / "ca.pem", private_key=pki / "client.key", certificate_chain=pki / "client.pem")
+        good = dict(root_certificates=pki / "ca.pem", private_key=pki / "client.key",
+                    certificate_chain=pki / "client.pem")
         np.testing.assert_array_equal(Client(server.address, **good).predict("m", X), 2 * X)
         with pytest.raises(InferenceServerError) as err:  # no client certificate
             Client(server.address, root_certificates=pki / "ca.pem", timeout=5).predict("m", X)
@@ -72,8 +74,9 @@ def test_mutual_tls_and_certificate_reload(pki: Path, repo: Path, tmp_path: Path
         # connections get it without a restart.
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=renewed", "-keyout", str(tmp_path / "new.key"),
                 "-out", str(tmp_path / "new.csr"))
-        openssl("x509", "-req", "-in", str(tmp_path / "new.csr"), "-CA", str(pki / "ca.pem"), "-CAkey", str(pki / "ca.key"),
-                "-CAcreateserial", "-days", "2", "-extfile", str(pki / "server.ext"), "-out", str(tmp_path / "new.pem"))
+        openssl("x509", "-req", "-in", str(tmp_path / "new.csr"), "-CA", str(pki / "ca.pem"),
+                "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "2",
+                "-extfile", str(pki / "server.ext"), "-out", str(tmp_path / "new.pem"))
         time.sleep(0.01)
         key.write_bytes((tmp_path / "new.key").read_bytes())
         cert.write_bytes((tmp_path / "new.pem").read_bytes())

@@ -92,7 +92,8 @@ def test_versions_latest_policy_and_explicit(server) -> None:
     np.testing.assert_array_equal(client.predict("scale_all", x, version="1"), 5 * x)
     np.testing.assert_array_equal(client.predict("scale_all", x), 6 * x)
     assert client.is_model_ready("scale_all", "1") and not client.is_model_ready("scale", "1")
-    response = triton.InferenceServerClient(server.address).infer("scale_all", [_triton_input("x", x)], model_version="1")
+    response = triton.InferenceServerClient(server.address).infer("scale_all", [_triton_input("x", x)],
+                                                                  model_version="1")
     assert response.get_response().model_version == "1"
 
 
@@ -145,7 +146,8 @@ def test_grpc_health_overall_and_per_model(server) -> None:
     with grpc.insecure_channel(server.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService", "add_mul", "scale"):
-            assert stub.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+            assert (stub.Check(health_pb2.HealthCheckRequest(service=service)).status
+                    == health_pb2.HealthCheckResponse.SERVING)
         with pytest.raises(grpc.RpcError) as err:
             stub.Check(health_pb2.HealthCheckRequest(service="no_such_model"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND

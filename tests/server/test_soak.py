@@ -6,8 +6,9 @@ and ready, and its memory must stay bounded.
 
 The server runs with its defaults, which fix glibc's mmap threshold at 1 MiB
 (--malloc-mmap-threshold, server/memory.py). With glibc's own default (a threshold that rises to
-the largest block freed), the 8 MiB buffers of large requests stay in the heap once freed and RSS at rest follows a high-water mark that depends on how many large
-requests happened to overlap: +20..+90 MiB within the first two minutes, the same with or without
+the largest block freed), the 8 MiB buffers of large requests stay in the heap once freed and RSS
+at rest follows a high-water mark that depends on how many large requests happened to overlap: +20..+90
+MiB within the first two minutes, the same with or without
 a leak, which would make any bound either flaky or blind. With the fixed threshold what is left
 is the server's own memory. Measured (2-core box, 4 client threads, 8 MiB large requests, same
 mix): RSS at rest 120-133 MiB over 4 minutes, end - start +3.6 MiB, slope +0.9 MiB/min; two
@@ -57,6 +58,7 @@ def test_short_soak() -> None:
     assert result["cancelled_unexpected"] == 0, result["unexpected_messages"]
     rss = result["rss"]
     assert rss["growth_vs_baseline_mib"] < RSS_GROWTH_MIB, (
-        f"RSS at rest ended {rss['growth_vs_baseline_mib']} MiB above the median of the checkpoints: {rss['rest_samples']}"
+        f"RSS at rest ended {rss['growth_vs_baseline_mib']} MiB above the median of the checkpoints: "
+        f"{rss['rest_samples']}"
     )
     assert rss["max_mib"] < rss["start_mib"] + RSS_PEAK_MIB, f"RSS peaked at {rss['max_mib']} MiB: {rss['samples']}"
