@@ -59,16 +59,24 @@ def request(
 
 
 @contextlib.asynccontextmanager
+async def loaded(root: Path, loader: LoaderSettings | None = None) -> AsyncIterator[ModelRegistry]:
+    """A ModelRegistry with every model of `root` loaded; closed on the way out."""
+    registry = ModelRegistry(root, loader)
+    await registry.load_all()
+    try:
+        yield registry
+    finally:
+        await within(registry.close(), 30)
+
+
+@contextlib.asynccontextmanager
 async def serving(
     root: Path,
     limits: Limits | None = None,
     observers: Sequence[Observer] = (),
     loader: LoaderSettings | None = None,
 ) -> AsyncIterator[DataPlane]:
-    """A DataPlane over every model of `root`, loaded; the registry is closed on the way out."""
-    registry = ModelRegistry(root, loader)
-    await registry.load_all()
-    try:
+    """A DataPlane over every model of `root`, loaded; the registry is closed on the way out
+    (bounded: a request never released would hang it)."""
+    async with loaded(root, loader) as registry:
         yield DataPlane(registry, limits, observers=observers, server_version="test")
-    finally:
-        await within(registry.close(), 30)  # bounded: a request never released would hang it

@@ -16,7 +16,7 @@ from modelport.server.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from modelport.server.registry import ModelRegistry
 from tests import models
 from tests.hold import hold
-from tests.server.inproc import request, serving, until, within
+from tests.server.inproc import loaded, request, serving, until, within
 
 X = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
 GARBAGE = b"this is not an onnx model"
@@ -48,9 +48,7 @@ def test_load_all_serves_every_model_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()  # a model folder without a version
 
     async def run():
-        registry = ModelRegistry(tmp_path)
-        await registry.load_all()
-        try:
+        async with loaded(tmp_path) as registry:
             assert registry.names() == ["a", "b", "empty"]
             assert registry.versions("a") == [2] and registry.versions("b") == [1] and registry.versions("nope") == []
             assert registry.get("a").version == 2 and registry.get("a", "2") is registry.get("a")
@@ -63,8 +61,6 @@ def test_load_all_serves_every_model_folder(tmp_path: Path) -> None:
                 ("empty", "", "UNAVAILABLE", "model 'empty': no version folder matches its version policy"),
             ]
             np.testing.assert_array_equal(await y_of(registry, "a"), 3 * X)
-        finally:
-            await registry.close()
 
     asyncio.run(run())
 
@@ -83,9 +79,7 @@ def test_version_policy_selects_the_served_versions(tmp_path: Path, policy: str,
         models.save(models.scale(float(version)), tmp_path, "m", version, config=policy)
 
     async def run():
-        registry = ModelRegistry(tmp_path)
-        await registry.load_all()
-        try:
+        async with loaded(tmp_path) as registry:
             assert registry.versions("m") == served
             assert registry.get("m").version == max(served)  # '' is the newest served version
             assert registry.index() == [("m", str(v), "READY", "") for v in served]
@@ -95,8 +89,6 @@ def test_version_policy_selects_the_served_versions(tmp_path: Path, policy: str,
                 with pytest.raises(ModelNotFound) as caught:
                     registry.get("m", str(unserved))
                 assert f"served versions: {', '.join(map(str, served))}" in caught.value.message
-        finally:
-            await registry.close()
 
     asyncio.run(run())
 
@@ -162,9 +154,7 @@ def test_failing_reload_keeps_the_previous_files_serving(tmp_path: Path) -> None
     models.save(models.scale(2.0), tmp_path, "m")
 
     async def run():
-        registry = ModelRegistry(tmp_path)
-        await registry.load_all()
-        try:
+        async with loaded(tmp_path) as registry:
             before = registry.get("m")
             rewrite(tmp_path / "m" / "1" / "model.onnx", GARBAGE)
             with pytest.raises(ModelLoadError):
@@ -174,8 +164,6 @@ def test_failing_reload_keeps_the_previous_files_serving(tmp_path: Path) -> None
             assert registry.get("m") is before and registry.all_ready()
             np.testing.assert_array_equal(await y_of(registry, "m"), 2 * X)
             assert registry.load_failures == {("m", 1): 1}
-        finally:
-            await registry.close()
 
     asyncio.run(run())
 
@@ -341,9 +329,7 @@ def test_poll_picks_up_new_changed_and_removed_models(tmp_path: Path) -> None:
     models.save(models.scale(2.0), tmp_path, "a", 1)
 
     async def run():
-        registry = ModelRegistry(tmp_path)
-        await registry.load_all()
-        try:
+        async with loaded(tmp_path) as registry:
             first = registry.get("a")
             await registry.poll()
             assert registry.get("a") is first  # nothing changed: nothing reloaded
@@ -374,8 +360,6 @@ def test_poll_picks_up_new_changed_and_removed_models(tmp_path: Path) -> None:
                 ("a", "2"): ("READY", ""),
                 ("b", "1"): ("UNAVAILABLE", "unloaded"),
             }
-        finally:
-            await registry.close()
 
     asyncio.run(run())
 
@@ -384,17 +368,13 @@ def test_poll_reloads_a_model_folder_that_comes_back(tmp_path: Path) -> None:
     models.save(models.scale(2.0), tmp_path, "m")
 
     async def run():
-        registry = ModelRegistry(tmp_path)
-        await registry.load_all()
-        try:
+        async with loaded(tmp_path) as registry:
             os.rename(tmp_path / "m", tmp_path / ".m-away")
             await registry.poll()
             assert not registry.is_ready("m")
             os.rename(tmp_path / ".m-away", tmp_path / "m")
             await registry.poll()
             assert registry.is_ready("m"), registry.index()
-        finally:
-            await registry.close()
 
     asyncio.run(run())
 
