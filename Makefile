@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help venv demo test protos prometheus lock clean
+.PHONY: help venv demo test protos prometheus redis lock clean
 
 help:
 	@echo "make demo    train the seed models, convert, serve and call them (sets up .venv)"
@@ -36,8 +36,15 @@ prometheus:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends prometheus >/dev/null; }
 
+# The feedback-store tests run a real redis-server (Debian's package) on a free port.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo ">> installing Debian's redis-server (used by the feedback-store tests)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends redis-server >/dev/null; }
+
 # Lint first (seconds), then every test; `.venv/bin/pytest -m "not slow"` is the quick loop.
-test: $(STAMP) prometheus
+test: $(STAMP) prometheus redis
 	$(VENV)/bin/ruff check --no-cache .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

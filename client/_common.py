@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 
 from modelport.protocol.datatypes import NUMPY_DTYPES
+from modelport.protocol.generated import feedback_pb2 as fb
 from modelport.protocol.types import ModelMetadata
 
 MIB = 1024 * 1024
@@ -116,3 +117,12 @@ def chunks(x: np.ndarray, batch_size: int | None) -> list[np.ndarray]:
     if not batch_size or len(x) <= batch_size:
         return [x]
     return [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
+
+
+def label_request(model: str, request_id: str, truth: object) -> fb.ReportLabelRequest:
+    """ReportLabel for `truth`, one value per row: integers (or booleans) are class labels, floats
+    are regression targets."""
+    values = np.ravel(np.asarray(truth))
+    if values.dtype.kind == "f":
+        return fb.ReportLabelRequest(model_name=model, id=request_id, targets=[float(v) for v in values])
+    return fb.ReportLabelRequest(model_name=model, id=request_id, labels=[int(v) for v in values])

@@ -14,9 +14,9 @@ from modelport.protocol.generated import feedback_pb2_grpc as fb_grpc
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 from modelport.protocol.generated import model_config_pb2 as mc
-from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ServerMetadata
+from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ModelQuality, ServerMetadata
 
-from ._common import channel_spec, chunks, predict_plan, prepare
+from ._common import channel_spec, chunks, label_request, predict_plan, prepare
 from .errors import InferenceServerError
 
 
@@ -109,10 +109,18 @@ class AsyncClient:
         return AsyncModel(self, name, version)
 
     async def report_label(self, model: str, request_id: str, labels, *, timeout: float | None = None) -> bool:
-        """Report the true class of each row of an earlier request sent with `request_id`, for the
-        server's rolling accuracy/precision/recall/F1. False if the server no longer waits for it."""
-        request = fb.ReportLabelRequest(model_name=model, id=request_id, labels=[int(v) for v in np.ravel(labels)])
+        """Report the truth of each row of an earlier request sent with `request_id`: integer class
+        labels (classifiers) or float targets (regressors). With a shared feedback store any
+        replica pairs it. False if no prediction waits under that id (unknown, expired, already
+        reported)."""
+        request = label_request(model, request_id, labels)
         return (await self._call(self._feedback.ReportLabel, request, timeout)).matched
+
+    async def quality(self, model: str, version: str = "", *, timeout: float | None = None) -> ModelQuality:
+        """Rolling quality per version over the server's labelled windows (cluster-wide with a
+        shared feedback store); `.to_dict()` is the shape `modelport quality --json` prints."""
+        request = fb.GetQualityRequest(model_name=model, model_version=version)
+        return ModelQuality.from_proto(await self._call(self._feedback.GetQuality, request, timeout))
 
     # ------------------------------------------------------------ repository, config, statistics
 

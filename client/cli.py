@@ -54,6 +54,8 @@ COMMANDS: dict[str, Command] = {
     "models": Command("modelport.client.models_cli", "list, load and unload the models of a running server"),
     "evaluate": Command("modelport.client.evaluate_cli", "score a served classifier on labelled data "
                         "(accuracy, precision/recall/F1, confusion matrix, latency)"),
+    "quality": Command("modelport.client.quality_cli",
+                       "rolling quality per model version from reported labels (cluster-wide with a shared store)"),
 }  # fmt: skip
 
 

@@ -104,3 +104,30 @@ def _class_scores(
         return ClassScores(0.0, 0.0, 0.0)
     i = where[0]
     return ClassScores(float(precision[i]), float(recall[i]), float(f1[i]))
+
+
+@dataclass(frozen=True)
+class RegressionReport:
+    """Regression quality: numpy's definitions (scikit-learn's mean_absolute_error,
+    root_mean_squared_error and r2_score)."""
+
+    count: int
+    mae: float
+    rmse: float
+    r2: float
+
+
+def regression_report(y_true: Any, y_pred: Any) -> RegressionReport:
+    """MAE, RMSE and R² of `y_pred` against `y_true`. R² of constant targets is 1.0 for a perfect
+    prediction and 0.0 otherwise, as scikit-learn's r2_score (force_finite) says."""
+    y_true = np.asarray(y_true, dtype=np.float64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{len(y_true)} targets but {len(y_pred)} predictions")
+    if not len(y_true):
+        raise ValueError("no examples to evaluate")
+    error = y_pred - y_true
+    sse = float(np.sum(error**2))
+    sst = float(np.sum((y_true - y_true.mean()) ** 2))
+    r2 = (1.0 - sse / sst) if sst > 0 else (1.0 if sse == 0 else 0.0)
+    return RegressionReport(len(y_true), float(np.mean(np.abs(error))), float(np.sqrt(sse / len(y_true))), r2)

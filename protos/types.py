@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .generated import feedback_pb2 as fb
 from .generated import grpc_service_pb2 as pb
 
 # A tensor as it travels: its protocol datatype and its data (BYTES: object array of bytes).
@@ -120,3 +121,66 @@ class InferenceResponse:
     version: str
     id: str
     outputs: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class VersionQuality:
+    """Rolling quality of one model version over its window of labelled rows: classifier fields
+    (kind "classification") or regressor fields (kind "regression")."""
+
+    version: str
+    kind: str
+    count: int
+    accuracy: float = 0.0
+    precision: float = 0.0
+    recall: float = 0.0
+    f1: float = 0.0
+    classes: tuple[int, ...] = ()
+    confusion: tuple[tuple[int, ...], ...] = ()  # rows: true class, columns: predicted (empty above 64 classes)
+    mae: float = 0.0
+    rmse: float = 0.0
+    r2: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The JSON shape `modelport quality --json` prints for a version."""
+        if self.kind == "regression":
+            return {"kind": self.kind, "count": self.count, "mae": self.mae, "rmse": self.rmse, "r2": self.r2}
+        return {
+            "kind": self.kind, "count": self.count, "accuracy": self.accuracy, "precision": self.precision,
+            "recall": self.recall, "f1": self.f1, "confusion": [list(row) for row in self.confusion],
+            "classes": list(self.classes),
+        }  # fmt: skip
+
+    def to_proto(self) -> fb.VersionQuality:
+        """The protobuf message."""
+        return fb.VersionQuality(
+            version=self.version, kind=self.kind, count=self.count, accuracy=self.accuracy,
+            precision=self.precision, recall=self.recall, f1=self.f1, classes=self.classes,
+            confusion=[fb.ConfusionRow(counts=row) for row in self.confusion], mae=self.mae, rmse=self.rmse,
+            r2=self.r2,
+        )  # fmt: skip
+
+    @classmethod
+    def from_proto(cls, msg: fb.VersionQuality) -> VersionQuality:
+        """From the protobuf message."""
+        return cls(
+            msg.version, msg.kind, msg.count, msg.accuracy, msg.precision, msg.recall, msg.f1, tuple(msg.classes),
+            tuple(tuple(row.counts) for row in msg.confusion), msg.mae, msg.rmse, msg.r2,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelQuality:
+    """GetQuality's answer: each version with labelled rows, by version."""
+
+    model: str
+    versions: dict[str, VersionQuality]
+
+    def to_dict(self) -> dict:
+        """{"model": ..., "versions": {"1": {...}, ...}}, as `modelport quality --json` prints it."""
+        return {"model": self.model, "versions": {v: q.to_dict() for v, q in self.versions.items()}}
+
+    @classmethod
+    def from_proto(cls, msg: fb.GetQualityResponse) -> ModelQuality:
+        """From the protobuf answer."""
+        return cls(msg.model_name, {v.version: VersionQuality.from_proto(v) for v in msg.versions})

@@ -20,6 +20,7 @@ from .auth import AuthInterceptor, TokenFile
 from .dataplane import DataPlane, Limits
 from .drift import DriftObserver
 from .feedback import FeedbackServicer
+from .feedback_store import open_store
 from .loader import LoaderSettings
 from .loop import describe
 from .malformed import TolerantRegistrar
@@ -47,6 +48,7 @@ class RunningServer:
     port: int
     dataplane: DataPlane
     health: HealthServicer
+    quality: QualityMonitor
 
     poller: asyncio.Task | None = None
     metrics_port: int | None = None
@@ -58,6 +60,7 @@ class RunningServer:
             self.poller.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.quality.close()  # what waits in the buffer reaches the store
         await self.dataplane.registry.close()
 
 
@@ -74,7 +77,10 @@ def _reflection_pool():
 def build_dataplane(settings: ServerSettings, registry: ModelRegistry) -> tuple[DataPlane, QualityMonitor]:
     """The data plane over `registry` with the settings' limits and every observer (online
     quality, drift, predicted classes); the quality monitor also answers label reports."""
-    quality = QualityMonitor(settings.quality_window, settings.quality_pending)
+    store = open_store(
+        settings.feedback_store, settings.quality_window, settings.quality_pending, settings.feedback_ttl
+    )
+    quality = QualityMonitor(store, registry.names)
     observers = [quality, DriftObserver(), PredictedClassCounter()]
     return DataPlane(registry, Limits.of(settings), settings.model_control_mode, observers), quality
 
@@ -128,7 +134,8 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     registry.listeners.append(lambda _name: loop.create_task(_publish_health(health, dataplane)))
     log.info("listening on %s:%d (models: %s; event loop: %s)", settings.host, port,
              ", ".join(registry.names()) or "none", describe(loop))  # fmt: skip
-    running = RunningServer(server, port, dataplane, health)
+    quality.start()
+    running = RunningServer(server, port, dataplane, health, quality)
     if settings.allow_metrics:
         running.metrics_port = MetricsEndpoint(registry, dataplane, quality).serve(settings.host, settings.metrics_port)
     if settings.model_control_mode == "poll":

@@ -59,6 +59,7 @@ class ModelSpec:
     session_entries: tuple[tuple[str, str], ...]  # parameters named "session.*", for ONNX Runtime
     batching: BatchingPolicy | None
     config: mc.ModelConfig  # the effective config, as the ModelConfig RPC will answer it
+    quality_kind: str = ""  # parameters quality_kind: "classification", "regression" or "" (inferred)
 
 
 def read_config(model_dir: Path) -> mc.ModelConfig:
@@ -111,7 +112,18 @@ def model_spec(name: str, config: mc.ModelConfig) -> ModelSpec:
         session_entries=tuple(sorted((k, v) for k, v in params.items() if k.startswith("session."))),
         batching=_batching(name, config),
         config=config,
+        quality_kind=_quality_kind(name, params),
     )
+
+
+def _quality_kind(name: str, params: dict[str, str]) -> str:
+    """parameters { key: "quality_kind" ... }: how online quality reads this model's outputs."""
+    kind = params.get("quality_kind", "")
+    if kind not in ("", "classification", "regression"):
+        raise ModelLoadError(
+            f"model '{name}': parameter quality_kind must be classification or regression, got {kind!r}"
+        )
+    return kind
 
 
 def _instances(config: mc.ModelConfig) -> tuple[str, ...]:

@@ -78,6 +78,12 @@ class InferenceFailed(ModelportError):
     code = grpc.StatusCode.INTERNAL
 
 
+class StoreUnavailable(ModelportError):
+    """The feedback store cannot be reached (labels cannot be paired now); inference is unaffected."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class Unimplemented(ModelportError):
     """An RPC the protocol declares and modelport does not implement."""
 

@@ -17,8 +17,16 @@ class FeedbackServicer(fb_grpc.FeedbackServicer):
 
     @rpc_errors
     async def ReportLabel(self, request: fb.ReportLabelRequest, context) -> fb.ReportLabelResponse:
-        if not request.model_name or not request.id or not request.labels:
-            raise InvalidInput("ReportLabel needs model_name, id and at least one label")
-        return fb.ReportLabelResponse(
-            matched=self._monitor.report(request.model_name, request.id, list(request.labels))
-        )
+        if not request.model_name or not request.id or not (request.labels or request.targets):
+            raise InvalidInput("ReportLabel needs model_name, id and at least one label (or target)")
+        matched = await self._monitor.report(request.model_name, request.id, list(request.labels),
+                                             list(request.targets))  # fmt: skip
+        return fb.ReportLabelResponse(matched=matched)
+
+    @rpc_errors
+    async def GetQuality(self, request: fb.GetQualityRequest, context) -> fb.GetQualityResponse:
+        if not request.model_name:
+            raise InvalidInput("GetQuality needs model_name")
+        quality = await self._monitor.quality(request.model_name, request.model_version)
+        versions = [q.to_proto() for q in quality.versions.values()]
+        return fb.GetQualityResponse(model_name=quality.model, versions=versions)

@@ -34,7 +34,21 @@ LABELS = ("model", "version")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 STATES = ("READY", "LOADING", "UNLOADING", "UNAVAILABLE")
 QUALITY = (("accuracy", "accuracy"), ("precision", "macro precision"), ("recall", "macro recall"), ("f1", "macro F1"),
+           ("mae", "mean absolute error"), ("rmse", "root mean squared error"), ("r2", "R²"),
            ("window", "number of labelled rows in"))  # fmt: skip
+COUNTED = (
+    ("labelled_rows", "Labelled rows this replica paired"),
+    ("correct_rows", "Labelled rows whose predicted class was the true one (classifiers)"),
+    ("absolute_error", "Sum of |predicted - true| over paired rows (regressors)"),
+    ("squared_error", "Sum of (predicted - true)^2 over paired rows (regressors)"),
+    ("target", "Sum of the true values of paired rows (regressors; for R^2)"),
+    ("target_squared", "Sum of the squared true values of paired rows (regressors; for R^2)"),
+)
+PER_CLASS = (
+    ("true_positives", "Paired rows predicted as this class that were it (classes above 63 count as 'other')"),
+    ("false_positives", "Paired rows predicted as this class that were another"),
+    ("false_negatives", "Paired rows of this class predicted as another"),
+)
 
 
 class MetricsEndpoint:
@@ -84,34 +98,74 @@ class _RegistryCollector(Collector):
 
 
 class _QualityCollector(Collector):
-    """Online quality per model: rolling scores after the last label report, and the counters."""
+    """Online quality: per version, the rolling numbers of its window (the same on every replica
+    with a shared store: never aggregate them) and the cumulative counts of the pairs this replica
+    made (sum them over replicas: k8s/components/quality-rules has the recording rules)."""
 
     def __init__(self, quality: QualityMonitor) -> None:
         self._quality = quality
 
     def collect(self):
-        gauges = {
-            name: GaugeMetricFamily(f"modelport_quality_{name}", f"Rolling {doc} over the labelled-feedback window",
-                                    labels=("model",))
-            for name, doc in QUALITY
-        }  # fmt: skip
-        labelled = CounterMetricFamily("modelport_feedback_labels", "Labelled rows paired with a prediction",
-                                       labels=("model",))  # fmt: skip
+        yield from self._rolling()
+        yield from self._counted()
+        q = self._quality
+        labels = CounterMetricFamily("modelport_feedback_labels", "Labelled rows paired with a prediction",
+                                     labels=("model",))  # fmt: skip
         unknown = CounterMetricFamily(
-            "modelport_feedback_unknown", "Label reports for ids not waiting (unknown, expired or repeated)",
+            "modelport_feedback_unknown", "Label reports for ids not waiting (unknown, expired or already paired)",
             labels=("model",),
         )
-        for model, window in sorted(self._quality.windows().items()):
-            labelled.add_metric([model], window.labelled)
-            unknown.add_metric([model], window.unknown)
-            scores = window.latest
-            if scores is not None:
-                for name, value in (("accuracy", scores.accuracy), ("precision", scores.precision),
-                                    ("recall", scores.recall), ("f1", scores.f1), ("window", scores.count)):
-                    gauges[name].add_metric([model], value)  # fmt: skip
+        for model, count in sorted(dict(q.labels).items()):
+            labels.add_metric([model], count)
+        for model, count in sorted(dict(q.unknown).items()):
+            unknown.add_metric([model], count)
+        errors = CounterMetricFamily("modelport_feedback_store_errors", "Feedback store calls that failed",
+                                     labels=("operation",))  # fmt: skip
+        for operation, count in sorted(dict(q.store_errors).items()):
+            errors.add_metric([operation], count)
+        lost = CounterMetricFamily(
+            "modelport_feedback_predictions_lost", "Predictions dropped while the feedback store was unreachable",
+            value=q.lost,
+        )
+        yield from (labels, unknown, errors, lost)
+
+    def _rolling(self):
+        gauges = {
+            name: GaugeMetricFamily(f"modelport_quality_{name}", f"Rolling {doc} over the version's labelled window",
+                                    labels=LABELS)
+            for name, doc in QUALITY
+        }  # fmt: skip
+        for (model, version), quality in sorted(dict(self._quality.latest).items()):
+            labels = [model, str(version)]
+            gauges["window"].add_metric(labels, quality.count)
+            names = ("mae", "rmse", "r2") if quality.kind == "regression" else ("accuracy", "precision", "recall", "f1")
+            for name in names:
+                gauges[name].add_metric(labels, getattr(quality, name))
         yield from gauges.values()
-        yield labelled
-        yield unknown
+
+    def _counted(self):
+        family = {
+            name: CounterMetricFamily(f"modelport_quality_{name}", doc, labels=LABELS)
+            for name, doc in COUNTED
+        }  # fmt: skip
+        per_class = {
+            name: CounterMetricFamily(f"modelport_quality_{name}", doc, labels=(*LABELS, "class"))
+            for name, doc in PER_CLASS
+        }  # fmt: skip
+        for (model, version), c in sorted(dict(self._quality.counters).items()):
+            labels = [model, str(version)]
+            family["labelled_rows"].add_metric(labels, c.labelled)
+            if c.classes or c.correct:
+                family["correct_rows"].add_metric(labels, c.correct)
+            else:
+                for name, value in (("absolute_error", c.absolute_error), ("squared_error", c.squared_error),
+                                    ("target", c.target), ("target_squared", c.target_squared)):
+                    family[name].add_metric(labels, value)  # fmt: skip
+            for cls, (tp, fp, fn) in sorted(dict(c.classes).items()):
+                for name, value in zip(("true_positives", "false_positives", "false_negatives"), (tp, fp, fn)):
+                    per_class[name].add_metric([*labels, cls], value)
+        yield from family.values()
+        yield from per_class.values()
 
 
 class _InflightCollector(Collector):

@@ -103,8 +103,17 @@ class ServerSettings(BaseSettings):
         "leave no heap behind (0 = glibc's own, rising threshold; an explicit MALLOC_MMAP_THRESHOLD_ in the "
         "environment wins)", metavar="BYTES", ge=0,
     )
-    quality_window: int = option(1000, "labelled rows behind the rolling quality metrics", metavar="N", gt=0)
-    quality_pending: int = option(10000, "request ids per model waiting for a label", metavar="N", gt=0)
+    feedback_store: str = option(
+        "memory://", "where predictions wait for labels and quality windows live: memory:// (this server) or "
+        "redis://[:PASSWORD@]HOST:PORT/DB (shared by replicas: a label reported to any of them pairs; needs the "
+        "redis extra)", metavar="URL",
+    )
+    feedback_ttl: float = option(7 * 24 * 3600.0, "seconds a prediction waits for its label", metavar="S",
+                                 shown="604800 (7 days)", gt=0)  # fmt: skip
+    quality_window: int = option(1000, "labelled rows per model version behind the rolling quality", metavar="N",
+                                 gt=0)  # fmt: skip
+    quality_pending: int = option(10000, "request ids per model waiting for a label (memory:// store; Redis bounds "
+                                  "them by --feedback-ttl and its maxmemory)", metavar="N", gt=0)  # fmt: skip
     drift_window: int = option(1000, "rows in the sliding window of live input statistics", metavar="N", gt=0)
     # 0.1: tracking every request cost 5.3 % of small-model throughput on the H100 box (benchmarks/README.md).
     drift_sample_rate: float = option(0.1, "share of requests fed to drift tracking and to the predicted-class "

@@ -39,13 +39,25 @@ class FeedbackStub(object):
                 request_serializer=feedback__pb2.ReportLabelRequest.SerializeToString,
                 response_deserializer=feedback__pb2.ReportLabelResponse.FromString,
                 _registered_method=True)
+        self.GetQuality = channel.unary_unary(
+                '/modelport.v1.Feedback/GetQuality',
+                request_serializer=feedback__pb2.GetQualityRequest.SerializeToString,
+                response_deserializer=feedback__pb2.GetQualityResponse.FromString,
+                _registered_method=True)
 
 
 class FeedbackServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def ReportLabel(self, request, context):
-        """Report the true class of each row of an earlier request (one label per row, in order).
+        """Report the truth for each row of an earlier request (one value per row, in order).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuality(self, request, context):
+        """Rolling quality per version, over the last --quality-window labelled rows of each.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -58,6 +70,11 @@ def add_FeedbackServicer_to_server(servicer, server):
                     servicer.ReportLabel,
                     request_deserializer=feedback__pb2.ReportLabelRequest.FromString,
                     response_serializer=feedback__pb2.ReportLabelResponse.SerializeToString,
+            ),
+            'GetQuality': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuality,
+                    request_deserializer=feedback__pb2.GetQualityRequest.FromString,
+                    response_serializer=feedback__pb2.GetQualityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +104,33 @@ class Feedback(object):
             '/modelport.v1.Feedback/ReportLabel',
             feedback__pb2.ReportLabelRequest.SerializeToString,
             feedback__pb2.ReportLabelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuality(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelport.v1.Feedback/GetQuality',
+            feedback__pb2.GetQualityRequest.SerializeToString,
+            feedback__pb2.GetQualityResponse.FromString,
             options,
             channel_credentials,
             insecure,

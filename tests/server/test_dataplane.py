@@ -31,6 +31,7 @@ from modelport.server.errors import (
 )
 from modelport.server.loader import LoaderSettings
 from modelport.server.observers import Inference, PredictedClassCounter
+from modelport.server.feedback_store import MemoryStore
 from modelport.server.quality import QualityMonitor
 from modelport.server.registry import ModelRegistry
 from modelport.server.settings import ServerSettings
@@ -476,7 +477,7 @@ def save_classifier(root: Path, statistics: dict | None = None) -> None:
 
 def test_quality_monitor_pairs_reported_labels_with_predictions(tmp_path: Path) -> None:
     save_classifier(tmp_path)
-    monitor = QualityMonitor(window=100, max_pending=10)
+    monitor = QualityMonitor(MemoryStore(window=100, max_pending=10, ttl=3600))
     rng = np.random.default_rng(7)
     xs = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(3)]
     predicted = [(x @ WEIGHTS).argmax(axis=1) for x in xs]
@@ -488,17 +489,19 @@ def test_quality_monitor_pairs_reported_labels_with_predictions(tmp_path: Path) 
             await dp.infer(request("clf", {"x": xs[2]}))  # no id: nothing to pair labels with
             with pytest.raises(InvalidInput):
                 await dp.infer(request("clf", {"x": xs[2][:, :3]}, request_id="r2"))  # failed: not remembered
+        assert await monitor.report("clf", "r0", predicted[0].tolist(), []) is True  # both rows right
+        wrong = (predicted[1] + 1) % 3
+        assert await monitor.report("clf", "r1", [int(predicted[1][0]), int(wrong[1])], []) is True  # one wrong
+        assert await monitor.report("clf", "r0", predicted[0].tolist(), []) is False  # already paired
+        assert await monitor.report("clf", "r2", [0, 0], []) is False  # the failed request
+        assert await monitor.report("clf", "", [0, 0], []) is False  # the request without an id
+        return await monitor.quality("clf")
 
-    asyncio.run(run())
-    assert monitor.report("clf", "r0", predicted[0].tolist()) is True  # both rows right
-    wrong = (predicted[1] + 1) % 3
-    assert monitor.report("clf", "r1", [int(predicted[1][0]), int(wrong[1])]) is True  # one right, one wrong
-    assert monitor.report("clf", "r0", predicted[0].tolist()) is False  # already paired
-    assert monitor.report("clf", "r2", [0, 0]) is False  # the failed request
-    assert monitor.report("clf", "", [0, 0]) is False  # the request without an id
-    window = monitor.windows()["clf"]
-    assert window.labelled == 4 and window.unknown == 3
-    assert window.latest is not None and window.latest.count == 4 and window.latest.accuracy == 0.75
+    quality = asyncio.run(run())
+    assert monitor.labels["clf"] == 4 and monitor.unknown["clf"] == 3
+    assert monitor.counters[("clf", 1)].labelled == 4 and monitor.counters[("clf", 1)].correct == 3
+    assert quality.versions["1"].count == 4 and quality.versions["1"].accuracy == 0.75
+    assert monitor.latest[("clf", 1)] == quality.versions["1"]
 
 
 def test_drift_observer_fills_the_window_with_sampled_rows(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ to scikit-learn's over the window, bounded memory, unknown ids counted."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import urllib.request
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from modelport.client import Client, InferenceServerError
 from modelport.server.background import BackgroundServer
-from modelport.server.quality import QualityWindow
+from modelport.server.feedback_store import MemoryStore, Prediction
 from tests import models
 
 WEIGHTS = np.array([[1.0, -0.5, 0.2], [0.3, 1.0, -1.0], [-0.7, 0.4, 1.0], [0.2, 0.1, 0.3]], np.float32)
@@ -50,11 +52,11 @@ def test_rolling_quality_equals_sklearn_over_the_window(repo: Path) -> None:
         metrics = scrape(server)
     p, t = np.array(predicted[-window:]), np.array(truth[-window:])
     precision, recall, f1, _ = precision_recall_fscore_support(t, p, average="macro", zero_division=0)
-    assert metrics['modelport_quality_window{model="clf"}'] == window
-    assert metrics['modelport_quality_accuracy{model="clf"}'] == pytest.approx(accuracy_score(t, p))
-    assert metrics['modelport_quality_precision{model="clf"}'] == pytest.approx(precision)
-    assert metrics['modelport_quality_recall{model="clf"}'] == pytest.approx(recall)
-    assert metrics['modelport_quality_f1{model="clf"}'] == pytest.approx(f1)
+    assert metrics['modelport_quality_window{model="clf",version="1"}'] == window
+    assert metrics['modelport_quality_accuracy{model="clf",version="1"}'] == pytest.approx(accuracy_score(t, p))
+    assert metrics['modelport_quality_precision{model="clf",version="1"}'] == pytest.approx(precision)
+    assert metrics['modelport_quality_recall{model="clf",version="1"}'] == pytest.approx(recall)
+    assert metrics['modelport_quality_f1{model="clf",version="1"}'] == pytest.approx(f1)
     assert metrics['modelport_feedback_labels_total{model="clf"}'] == 100
     assert metrics['modelport_feedback_unknown_total{model="clf"}'] == 2
 
@@ -70,14 +72,20 @@ def test_label_count_must_match_rows(repo: Path) -> None:
 
 
 def test_memory_is_bounded() -> None:
-    window = QualityWindow(window=5, max_pending=3)
-    for i in range(10):
-        window.remember(f"id{i}", np.array([1]))
-    assert window.report("id0", np.array([1])) is False  # forgotten: only the newest 3 wait
-    for i in (7, 8, 9):
-        assert window.report(f"id{i}", np.array([1])) is True
-    for i in range(10, 20):
-        window.remember(f"id{i}", np.array([0]))
-        window.report(f"id{i}", np.array([0]))
-    assert window.scores().count == 5 and window.scores().accuracy == 1.0
-    assert window.unknown == 1
+    """The memory:// store: at most max_pending ids wait per model (the oldest forgotten first), a
+    window keeps the last N pairs, an expired prediction is unknown, and a prediction pairs once."""
+    store = MemoryStore(window=5, max_pending=3, ttl=60)
+
+    async def run():
+        await store.put("m", [(f"id{i}", Prediction(1, "classes", [1], time=time.time())) for i in range(10)])
+        assert await store.peek("m", "id0") is None  # forgotten: only the newest 3 wait
+        for i in (7, 8, 9):
+            assert await store.peek("m", f"id{i}") is not None
+            assert await store.take("m", f"id{i}") and not await store.take("m", f"id{i}")  # once
+        await store.add_pairs("m", 1, "classification", [(float(i % 2), 1.0) for i in range(8)])
+        kind, pairs = await store.window("m", 1)
+        assert kind == "classification" and len(pairs) == 5 and await store.versions("m") == [1]
+        await store.put("m", [("old", Prediction(1, "classes", [1], time=time.time() - 120))])
+        assert await store.peek("m", "old") is None  # older than the TTL
+
+    asyncio.run(run())
