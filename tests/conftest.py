@@ -52,3 +52,13 @@ def server(repo: Path) -> Iterator[BackgroundServer]:
     running = BackgroundServer(repo).start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator:
+    """One real redis-server for the session (tests/redis_server.py); use distinct model names."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
