@@ -116,13 +116,14 @@ def load(
     client_cpus: set[int] | None = None,
     requests_per_channel: int = bench.REQUESTS_PER_CHANNEL,
     prewarm: float = 0.0,
+    request_id: str = "",
 ) -> tuple[bench.LevelResult, dict[str, float]]:
     """One closed-loop level against `server` from `processes` load-generator processes (always
     child processes, so pinning them never touches this one). `prewarm` seconds of the same load
     run first, unmeasured (e.g. for cuDNN's per-shape algorithm search)."""
     with Client(server.address, timeout=60) as client:
         meta = client.model_metadata(model)
-    request = bench.infer_request(model, bench.random_inputs(meta.inputs, batch))
+    request = bench.infer_request(model, bench.random_inputs(meta.inputs, batch), request_id=request_id)
     with pinned(client_cpus):
         pool = bench.ProcessPool(processes, server.address, request, timeout=60,
                                  requests_per_channel=requests_per_channel)
@@ -166,15 +167,19 @@ def inprocess(ctx: Ctx, model_path: Path, *, batch: int, threads: int, cpus: set
 
 def alternate(ctx: Ctx, row: Row, sides: list[tuple[str, Callable[[], contextlib.AbstractContextManager]]],
               model: str, *, batch: int, concurrency: int, client_cpus: set[int] | None,
-              repeat: int, processes: int = 1) -> dict[str, list[tuple[bench.LevelResult, dict]]]:  # fmt: skip
-    """Measure each side in turn, `repeat` rounds; the runs of each side."""
+              repeat: int, processes: int = 1,
+              request_ids: dict[str, str] | None = None,
+              ) -> dict[str, list[tuple[bench.LevelResult, dict]]]:  # fmt: skip
+    """Measure each side in turn, `repeat` rounds; the runs of each side. `request_ids` gives the
+    sides whose requests carry an id (what online quality remembers)."""
     runs: dict[str, list[tuple[bench.LevelResult, dict]]] = {label: [] for label, _ in sides}
     for round_ in range(repeat):
         for label, start in sides:
             log(f"  {row.name}: {label} run {round_ + 1}/{repeat}")
             with start() as server:
                 runs[label].append(load(ctx, server, model, batch=batch, concurrency=concurrency,
-                                        processes=processes, client_cpus=client_cpus))
+                                        processes=processes, client_cpus=client_cpus,
+                                        request_id=(request_ids or {}).get(label, "")))
             time.sleep(0.3)
     return runs
 
@@ -232,3 +237,36 @@ def server_stats(before: dict[str, float] | None, after: dict[str, float] | None
         "ort_busy": round(run_s * runs / wall, 3),
         "queue_ms": round(1000 * d["modelport_queue_duration_seconds_sum"] / queued, 3) if queued else None,
     }
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """A redis-server (Debian's package) on a free loopback port, as a deployment would run it
+    (append-only file, fsync every second); yields its URL."""
+    import shutil
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (make test installs Debian's redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                                "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from compare import Server  # benchmarks/compare.py
 from context import SMALL_CPUS, Ctx, batched_config, repository
 from machine import cpu_text, ort_providers
-from measure import alternate, inprocess, load, median_run, modelport_command, modelport_threads, serving, stub_command
+from measure import (
+    alternate,
+    inprocess,
+    load,
+    median_run,
+    modelport_command,
+    modelport_threads,
+    redis_server,
+    serving,
+    stub_command,
+)
 from report import Row, cpu_note, errors_note, log, rps
 
 from modelport.client import bench
@@ -279,6 +289,29 @@ def t_drift_cost(ctx: Ctx, row: Row) -> None:
                         f"{scraped[-1] if scraped else 'not scraped'}")  # fmt: skip
 
 
+def t_quality_cost(ctx: Ctx, row: Row) -> None:
+    """The MLP as in mlp_vs_stub, every request with an id (online quality remembers each
+    prediction) against none: with the memory:// store and with a real Redis."""
+    cpus = ctx.pair()
+    repo = repository(ctx, "mlp", {"mlp": ("mlp", None, None)})
+    with redis_server(ctx.work / "redis") as url:
+        def start(label: str, *extra: str):
+            return lambda: serving(modelport_command(repo, *extra), label, cpus, ctx.log_path(row.name, label))
+
+        sides = [("no id", start("no id")), ("id, memory", start("id, memory")),
+                 ("id, redis", start("id, redis", "--feedback-store", url))]  # fmt: skip
+        ids = {"id, memory": "bench", "id, redis": "bench"}
+        runs = alternate(ctx, row, sides, "mlp", batch=1, concurrency=16, client_cpus=cpus, repeat=ctx.repeat,
+                         request_ids=ids)  # fmt: skip
+    memory, _ = _ratio_rows(row, {k: runs[k] for k in ("id, memory", "no id")}, "id, memory", "no id")
+    redis, plain = _ratio_rows(row, {k: runs[k] for k in ("id, redis", "no id")}, "id, redis", "no id")
+    ratio = {label: r.requests_per_s / plain.requests_per_s for label, r in (("memory", memory), ("redis", redis))}
+    row.notes.insert(0, f"id + memory:// {memory.requests_per_s:,.0f} req/s ({ratio['memory']:.2f}), "
+                        f"id + redis:// {redis.requests_per_s:,.0f} req/s ({ratio['redis']:.2f}) "
+                        f"against no id {plain.requests_per_s:,.0f}; MLP batch 1, concurrency 16; every request "
+                        "carries the same id, so each overwrites one prediction (the write costs the same)")
+
+
 def _scrape_drift_rows(server: Server) -> str:
     """modelport_drift_window_rows from the server's /metrics (port from its log)."""
     port = next((m.group(1) for line in server.lines
@@ -313,6 +346,7 @@ TARGETS = [
             ("resnet50_gpu_workers", "the same with --workers 4, 64 requests outstanding per worker", None)),
            t_resnet50_gpu, multi=True),
     Target((("drift_cost", "MLP with drift tracking vs without", None),), t_drift_cost),
+    Target((("quality_cost", "MLP requests with an id (Redis feedback store) vs without", None),), t_quality_cost),
 ]
 NAMES = [name for t in TARGETS for name, _, _ in t.rows]
 

@@ -236,9 +236,12 @@ def infer_request(
     version: str = "",
     datatypes: Mapping[str, str] | None = None,
     outputs: Sequence[str] | None = None,
+    request_id: str = "",
 ) -> bytes:
     """A serialized ModelInferRequest (raw tensors) to send over and over."""
-    request = codec.build_request(model, inputs, version=version, datatypes=datatypes, outputs=outputs)
+    request = codec.build_request(
+        model, inputs, version=version, datatypes=datatypes, outputs=outputs, request_id=request_id
+    )
     return request.SerializeToString()
 
 

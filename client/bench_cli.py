@@ -57,6 +57,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2",
                    help="dimensions after the batch dimension for a dynamic input (whole shape if it has no "
                         "dynamic batch dimension); repeatable")
+    p.add_argument("--request-id", default="", metavar="ID",
+                   help="send every request with this id, as clients that report labels do: measures what "
+                        "online quality costs (the server remembers each prediction)")
     p.add_argument("--processes", type=positive_int, default=1,
                    help="client worker processes sharing each level's concurrency (default 1: this process)")
     p.add_argument("--requests-per-channel", type=positive_int, default=8,
@@ -134,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         "timeout": args.timeout,
         "inputs": description,
         "request_bytes": len(request),
+        "request_id": args.request_id,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "client_host": platform.node(),
     }
@@ -221,7 +225,9 @@ def _prepare(args: argparse.Namespace) -> tuple[bytes, int, dict[str, Any]]:
         inputs = bench.random_inputs(meta.inputs, args.batch or 1, shapes, zeros=args.input_data == "zero")
         source = args.input_data
     datatypes = {t.name: t.datatype for t in meta.inputs} if meta else None
-    request = bench.infer_request(args.model, inputs, version=args.model_version, datatypes=datatypes)
+    request = bench.infer_request(
+        args.model, inputs, version=args.model_version, datatypes=datatypes, request_id=args.request_id
+    )
     description = {
         "source": source,
         "tensors": [

@@ -9,10 +9,9 @@ label reported twice (or to two replicas) pairs once. Windows keep the last N pa
 from __future__ import annotations
 
 import collections
-import json
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 KINDS = ("classification", "regression")
 
@@ -28,14 +27,18 @@ class Prediction:
     kind: str = ""
     time: float = 0.0
 
-    def encode(self) -> bytes:
-        """Compact JSON (Redis stores it as is)."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+    def encode(self) -> str:
+        """`version|read_as|kind|time|row,row,...`: a few µs, where JSON of a dict costs 15 (every
+        request with an id pays it, in the flusher)."""
+        return f"{self.version}|{self.read_as}|{self.kind}|{self.time!r}|" + ",".join(map(str, self.rows))
 
     @classmethod
     def decode(cls, data: bytes | str) -> Prediction:
-        """From encode()'s bytes."""
-        return cls(**json.loads(data))
+        """From encode()'s text."""
+        text = data.decode() if isinstance(data, bytes) else data
+        version, read_as, kind, when, rows = text.split("|", 4)
+        number = float if read_as == "values" else int
+        return cls(int(version), read_as, [number(v) for v in rows.split(",")] if rows else [], kind, float(when))
 
 
 class FeedbackStore(ABC):

@@ -20,6 +20,8 @@ from .errors import StoreUnavailable
 from .feedback_store import FeedbackStore, Prediction
 
 PREFIX = "modelport:"
+# SET every KEYS[i] to ARGV[i] with the TTL in the last ARGV (redis-py loads it once, by SHA).
+PUT_SCRIPT = "local ttl = ARGV[#ARGV] for i = 1, #KEYS do redis.call('SET', KEYS[i], ARGV[i], 'EX', ttl) end"
 TIMEOUT_S = 2.0  # a stuck Redis must not hold a label report (or the flusher) for long
 
 
@@ -40,6 +42,7 @@ class RedisStore(FeedbackStore):
         )
         self._errors = (RedisError, OSError)
         self._window, self._ttl = window, max(1, int(ttl))
+        self._put_script = self._redis.register_script(PUT_SCRIPT)
 
     @property
     def where(self) -> str:
@@ -54,10 +57,11 @@ class RedisStore(FeedbackStore):
             raise StoreUnavailable(f"feedback store {self.where} cannot be reached ({what}): {exc}") from None
 
     async def put(self, model: str, predictions: list[tuple[str, Prediction]]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for request_id, prediction in predictions:
-            pipe.set(_key("pred", model, request_id), prediction.encode(), ex=self._ttl)
-        await self._run("writing predictions", pipe.execute())
+        # One script call for the batch: a pipeline of SETs costs the event loop ~30 µs per command
+        # in redis-py; the script's arguments cost a few.
+        keys = [_key("pred", model, request_id) for request_id, _ in predictions]
+        values = [prediction.encode() for _, prediction in predictions]
+        await self._run("writing predictions", self._put_script(keys=keys, args=[*values, self._ttl]))
 
     async def peek(self, model: str, request_id: str) -> Prediction | None:
         data = await self._run("reading a prediction", self._redis.get(_key("pred", model, request_id)))
