@@ -89,3 +89,90 @@ def test_prometheus_scrapes_counters_and_histograms(tmp_path: Path, prometheus_b
         finally:
             prometheus.terminate()
             prometheus.wait(timeout=30)
+
+
+RULES = Path(__file__).resolve().parents[2] / "k8s" / "components" / "quality-rules" / "quality-rules.yaml"
+QUALITY_WEIGHTS = np.array([[1.0, -0.5, 0.2], [0.3, 1.0, -1.0], [-0.7, 0.4, 1.0], [0.2, 0.1, 0.3]], np.float32)
+
+
+def test_recording_rules_give_cluster_wide_quality_equal_to_sklearn(
+    tmp_path: Path, prometheus_binary: str, redis_server
+) -> None:
+    """Three replicas share one Redis; labels go round-robin, so each replica pairs some of them.
+    A real Prometheus scrapes all three with k8s/components/quality-rules' rule file: the recorded
+    cluster-wide accuracy, macro precision/recall/F1, MAE, RMSE and R² equal scikit-learn's."""
+    from sklearn.metrics import (
+        accuracy_score,
+        mean_absolute_error,
+        mean_squared_error,
+        precision_recall_fscore_support,
+        r2_score,
+    )
+
+    models.save(models.softmax_classifier(QUALITY_WEIGHTS), tmp_path / "repo", "prom-clf")
+    models.save(models.scale(2.0, width=1), tmp_path / "repo", "prom-reg")
+    replicas = [BackgroundServer(tmp_path / "repo", feedback_store=redis_server.url).start() for _ in range(3)]
+    rng = np.random.default_rng(21)
+    predicted, truth, values, targets = [], [], [], []
+    try:
+        with Client([r.address for r in replicas], timeout=30) as client:
+            for i in range(90):
+                x = rng.normal(size=(2, 4)).astype(np.float32)
+                classes = client.infer("prom-clf", {"x": x}, request_id=f"c{i}")["probs"].argmax(axis=1)
+                labels = np.where(rng.random(2) < 0.6, classes, rng.integers(0, 3, 2))
+                xr = rng.normal(size=(2, 1)).astype(np.float32)
+                y = client.infer("prom-reg", {"x": xr}, request_id=f"r{i}")["y"].reshape(-1)
+                target = 2 * xr[:, 0] + rng.normal(scale=0.3, size=2)
+                predicted += classes.tolist()
+                truth += labels.tolist()
+                values += y.tolist()
+                targets += target.tolist()
+                pending = [("prom-clf", f"c{i}", labels), ("prom-reg", f"r{i}", target.astype(np.float64))]
+                for model, request_id, label in pending:
+                    deadline = time.monotonic() + 10
+                    while not client.report_label(model, request_id, label):  # its batch may not be written yet
+                        assert time.monotonic() < deadline, f"{request_id} never paired"
+                        time.sleep(0.05)
+        pairing = sum(r.running.quality.labels.get("prom-clf", 0) > 0 for r in replicas)
+        assert pairing >= 2, "labels were paired on one replica only: the test would not sum anything"
+        config = tmp_path / "prometheus.yml"
+        targets_text = ", ".join(f"'127.0.0.1:{r.running.metrics_port}'" for r in replicas)
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {RULES}\n"
+            f"scrape_configs:\n  - job_name: modelport\n    static_configs:\n      - targets: [{targets_text}]\n"
+        )
+        port = free_port()
+        prometheus = subprocess.Popen(
+            [prometheus_binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            rows = 'modelport:quality_labelled_rows:sum{model="%s",version="1"}'
+            deadline = time.monotonic() + 60
+            while (wait_for_value(port, rows % "prom-clf") != len(truth)
+                   or wait_for_value(port, rows % "prom-reg") != len(targets)):  # fmt: skip
+                assert time.monotonic() < deadline, "Prometheus never saw every pair"
+                time.sleep(0.5)
+            time.sleep(2.5)  # two more evaluations, so every ratio reads the final sums
+
+            def recorded(name: str, model: str) -> float:
+                return wait_for_value(port, f'modelport:{name}{{model="{model}",version="1"}}')
+
+            p, r, f, _ = precision_recall_fscore_support(truth, predicted, average="macro", zero_division=0)
+            assert recorded("quality_accuracy:ratio", "prom-clf") == pytest.approx(accuracy_score(truth, predicted))
+            assert recorded("quality_precision:macro", "prom-clf") == pytest.approx(p)
+            assert recorded("quality_recall:macro", "prom-clf") == pytest.approx(r)
+            assert recorded("quality_f1:macro", "prom-clf") == pytest.approx(f)
+            assert recorded("quality_mae:ratio", "prom-reg") == pytest.approx(
+                mean_absolute_error(targets, values), rel=1e-6)
+            assert recorded("quality_rmse:ratio", "prom-reg") == pytest.approx(
+                np.sqrt(mean_squared_error(targets, values)), rel=1e-6)
+            assert recorded("quality_r2:ratio", "prom-reg") == pytest.approx(r2_score(targets, values), rel=1e-6)
+        finally:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
+    finally:
+        for replica in replicas:
+            replica.stop()
