@@ -192,7 +192,7 @@ class QualityMonitor:
             prediction = await self.store.peek(model, request_id)
             if prediction is None:
                 return self._unknown(model)
-            kind = prediction.kind or await self.store.kind(model, prediction.version) or _inferred(labels)
+            kind = prediction.kind or await self._kind(model, prediction, labels)
             pairs = _pairs(model, request_id, prediction, kind, labels or targets)
             if not await self.store.take(model, request_id):
                 return self._unknown(model)  # another report (maybe on another replica) was first
@@ -205,6 +205,14 @@ class QualityMonitor:
         (counters.add_regression if kind == "regression" else counters.add_classification)(pairs)
         self.labels[model] = self.labels.get(model, 0) + len(pairs)
         return True
+
+    async def _kind(self, model: str, prediction: Prediction, labels: list[int]) -> str:
+        """A version without a configured kind: classes make a classifier; one number per row is
+        what the version's first report made it, or this report decides (integer labels: a
+        sigmoid classifier, float targets: a regressor)."""
+        if prediction.read_as == "classes":
+            return "classification"
+        return await self.store.kind(model, prediction.version) or _inferred(labels)
 
     def _unknown(self, model: str) -> bool:
         self.unknown[model] = self.unknown.get(model, 0) + 1

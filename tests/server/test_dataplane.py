@@ -29,9 +29,9 @@ from modelport.server.errors import (
     NotAllowed,
     QueueFull,
 )
+from modelport.server.feedback_store import MemoryStore
 from modelport.server.loader import LoaderSettings
 from modelport.server.observers import Inference, PredictedClassCounter
-from modelport.server.feedback_store import MemoryStore
 from modelport.server.quality import QualityMonitor
 from modelport.server.registry import ModelRegistry
 from modelport.server.settings import ServerSettings

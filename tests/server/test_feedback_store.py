@@ -139,3 +139,22 @@ def test_memory_store_is_the_default_and_bad_urls_are_refused() -> None:
     assert isinstance(open_store("memory://", 10, 10, 60), MemoryStore)
     with pytest.raises(ValueError, match="memory:// or redis://"):
         open_store("postgres://x", 10, 10, 60)
+
+
+def test_float_labels_for_a_classifier_pair_when_they_are_whole(tmp_path: Path) -> None:
+    """report_label with a float array for a classifier: whole numbers are classes, others refused."""
+    models.save(models.softmax_classifier(WEIGHTS), tmp_path, "float-clf")
+    x = np.ones((2, 4), np.float32)
+    classes = (x @ WEIGHTS).argmax(axis=1).astype(np.float64)
+
+    async def run():
+        monitor = QualityMonitor(MemoryStore(100, 100, 60))
+        async with serving(tmp_path, observers=[monitor]) as dp:
+            await dp.infer(request("float-clf", {"x": x}, request_id="f1"))
+            with pytest.raises(InvalidInput, match="integer classes"):
+                await monitor.report("float-clf", "f1", [], [0.5, 1.0])
+            assert await monitor.report("float-clf", "f1", [], classes.tolist())
+            return await monitor.quality("float-clf")
+
+    quality = asyncio.run(run())
+    assert quality.versions["1"].kind == "classification" and quality.versions["1"].accuracy == 1.0
