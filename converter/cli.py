@@ -14,6 +14,11 @@ EPILOG = """examples:
 Publishes <repository>/<name>/<version>/model.onnx with conversion.json (source and hash, tool
 versions, opset, parity report, per-input statistics of the sample) and writes <name>/config.pbtxt.
 Nothing is published when ONNX Runtime and TensorFlow disagree beyond --atol + --rtol x |TF|.
+
+Versions of a model are interchangeable: a new version whose inputs and outputs match config.pbtxt's
+by position (datatype, dims) is published under the model's tensor names (renamed in the ONNX graph,
+recorded in conversion.json); one that does not match is refused (exit 2) naming the differences,
+unless --replace-signature makes its inputs and outputs the model's.
 """
 
 
@@ -33,13 +38,18 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "(arrays named by input, or 'x'); default: random inputs")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
-    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
-                   help=f"config.pbtxt max_batch_size (default {DEFAULT_MAX_BATCH_SIZE}; 0: no batching)")
+    p.add_argument("--max-batch-size", type=int,
+                   help=f"config.pbtxt max_batch_size (default: the model's current one, else "
+                   f"{DEFAULT_MAX_BATCH_SIZE}; 0: no batching); refused if an earlier version would stop loading")
+    p.add_argument("--replace-signature", action="store_true",
+                   help="make this version's input and output names, datatypes and shapes the model's in "
+                   "config.pbtxt, even when they differ (earlier versions may then no longer load)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert; a failing parity gate exits 1 (ParityError.exit_code), bad input 2."""
+    """Convert; a failing parity gate exits 1 (ParityError.exit_code), bad input or a signature
+    that differs from the model's 2."""
     # Checked before TensorFlow is imported (seconds): a wrong path is the commonest mistake.
     for path in (args.source, args.sample):
         if path is not None and not Path(path).exists():
@@ -49,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
     convert(
         args.source, args.model_repository, args.name, version=args.version, opset=args.opset,
         sample=args.sample, atol=args.atol, rtol=args.rtol, max_batch_size=args.max_batch_size,
+        replace_signature=args.replace_signature,
     )  # fmt: skip
     return 0

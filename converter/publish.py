@@ -51,16 +51,41 @@ def publish(model_dir: Path, version: int, model: onnx.ModelProto, record: dict)
         raise
 
 
-def write_config(model_dir: Path, name: str, model: onnx.ModelProto, max_batch_size: int) -> Path:
-    """config.pbtxt with name, platform, max_batch_size, inputs and outputs (dims without the batch
-    dimension); fields the user added to an existing one are kept. Written atomically."""
+def read_config(model_dir: Path) -> mc.ModelConfig | None:
+    """The model's config.pbtxt (fields outside modelport's subset skipped), or None when absent."""
     path = model_dir / CONFIG_FILE
+    if not path.exists():
+        return None
     config = mc.ModelConfig()
-    if path.exists():
+    try:
         text_format.Parse(path.read_text(), config, allow_unknown_field=True)
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path} does not parse: {exc}") from exc
+    return config
+
+
+def next_config(
+    existing: mc.ModelConfig | None, name: str, model: onnx.ModelProto, max_batch_size: int, keep_signature: bool
+) -> mc.ModelConfig:
+    """config.pbtxt after publishing `model`: name, platform, max_batch_size, inputs and outputs
+    (dims without the batch dimension when max_batch_size > 0); fields the user added to an existing
+    one are kept. With `keep_signature` the existing inputs and outputs stay as they are (the new
+    version was checked against them and renamed to their names), their dims re-expressed only when
+    max_batch_size turns batching on or off; otherwise they are rewritten from `model`."""
+    config = mc.ModelConfig()
+    if existing is not None:
+        config.CopyFrom(existing)
+    was_batching = config.max_batch_size > 0
     config.name = name
     config.platform = PLATFORM
     config.max_batch_size = max_batch_size
+    if keep_signature:
+        if was_batching != (max_batch_size > 0):
+            for entry in [*config.input, *config.output]:
+                dims = list(entry.dims)
+                entry.ClearField("dims")
+                entry.dims.extend(dims[1:] if max_batch_size > 0 else [-1, *dims])
+        return config
     del config.input[:]
     del config.output[:]
     for value in model.graph.input:
@@ -69,6 +94,12 @@ def write_config(model_dir: Path, name: str, model: onnx.ModelProto, max_batch_s
     for value in model.graph.output:
         entry = config.output.add(name=value.name, data_type=mc.DataType.Value(_type(value)))
         entry.dims.extend(_dims(value, max_batch_size))
+    return config
+
+
+def write_config(model_dir: Path, config: mc.ModelConfig) -> Path:
+    """Write config.pbtxt atomically (a temporary file, then os.replace)."""
+    path = model_dir / CONFIG_FILE
     staging = path.with_name(".config.pbtxt.tmp")
     staging.write_text(text_format.MessageToString(config))
     os.replace(staging, path)

@@ -53,7 +53,14 @@ def test_each_method_publishes_a_gated_version(repo, method: str) -> None:
     record = json.loads((root / "clf" / "2" / "conversion.json").read_text())
     assert record["compression"]["method"] == method and record["compression"]["size_after"] == report.size_after
     assert [s["batch"] for s in record["compression"]["speed_after"]] == [1, 32]
-    got = ort.InferenceSession(str(root / "clf" / "2" / "model.onnx")).run(None, {"x": x})[0]
+    session = ort.InferenceSession(str(root / "clf" / "2" / "model.onnx"))
+    # The source's input and output names, datatypes and shapes: config.pbtxt stays valid for every version.
+    def signature(tensors) -> list:  # free dimensions as -1, as the server reads them
+        return [(t.name, t.type, [d if isinstance(d, int) else -1 for d in t.shape]) for t in tensors]
+
+    assert signature(session.get_inputs()) == [("x", "tensor(float)", [-1, 16])]
+    assert signature(session.get_outputs()) == [("probs", "tensor(float)", [-1, 4])]
+    got = session.run(None, {"x": x})[0]
     assert got.dtype == np.float32  # fp16 keeps fp32 inputs and outputs
     assert np.mean(got.argmax(axis=1) == y) >= 0.95
     if method.startswith("int8"):
