@@ -52,13 +52,17 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 # Hash-pinned dependency locks the images install from (pip-compile from pip-tools, in the dev extra).
+# The server images also carry the redis extra (the feedback store's client); the GPU lock adds
+# k8s/images/requirements-gpu.in (what the image's Python 3.11.0 needs beyond a newer 3.11's pins).
 LOCKS := server gpu convert
+LOCK_EXTRAS_server := server redis
+LOCK_EXTRAS_gpu := gpu redis
+LOCK_EXTRAS_convert := convert
 lock: $(STAMP)
-	@for extra in $(LOCKS); do \
-	  echo ">> k8s/images/requirements-$$extra.lock"; \
-	  $(VENV)/bin/pip-compile --quiet --extra $$extra --generate-hashes --strip-extras --allow-unsafe \
-	    --no-emit-index-url --no-emit-find-links --output-file k8s/images/requirements-$$extra.lock pyproject.toml || exit 1; \
-	done
+	@$(foreach lock,$(LOCKS),echo ">> k8s/images/requirements-$(lock).lock" && \
+	  $(VENV)/bin/pip-compile --quiet $(foreach extra,$(LOCK_EXTRAS_$(lock)),--extra $(extra)) --generate-hashes \
+	    --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	    --output-file k8s/images/requirements-$(lock).lock pyproject.toml $(wildcard k8s/images/requirements-$(lock).in) && ) true
 
 clean:
 	rm -rf $(VENV) models .demo .pytest_cache

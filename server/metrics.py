@@ -41,7 +41,8 @@ COUNTED = (
     ("correct_rows", "Labelled rows whose predicted class was the true one (classifiers)"),
     ("absolute_error", "Sum of |predicted - true| over paired rows (regressors)"),
     ("squared_error", "Sum of (predicted - true)^2 over paired rows (regressors)"),
-    ("target", "Sum of the true values of paired rows (regressors; for R^2)"),
+    ("target_positive", "Sum of the positive true values of paired rows (regressors; for R^2)"),
+    ("target_negative", "Sum of minus the negative true values of paired rows (regressors; for R^2)"),
     ("target_squared", "Sum of the squared true values of paired rows (regressors; for R^2)"),
 )
 PER_CLASS = (
@@ -159,7 +160,8 @@ class _QualityCollector(Collector):
                 family["correct_rows"].add_metric(labels, c.correct)
             else:
                 for name, value in (("absolute_error", c.absolute_error), ("squared_error", c.squared_error),
-                                    ("target", c.target), ("target_squared", c.target_squared)):
+                                    ("target_positive", c.target_positive), ("target_negative", c.target_negative),
+                                    ("target_squared", c.target_squared)):
                     family[name].add_metric(labels, value)  # fmt: skip
             for cls, (tp, fp, fn) in sorted(dict(c.classes).items()):
                 for name, value in zip(("true_positives", "false_positives", "false_negatives"), (tp, fp, fn)):

@@ -53,7 +53,8 @@ class VersionCounters:
     classes: dict[str, list[int]] = field(default_factory=dict)  # class -> [true pos, false pos, false neg]
     absolute_error: float = 0.0
     squared_error: float = 0.0
-    target: float = 0.0
+    target_positive: float = 0.0  # the sum of the targets, as two parts that only grow (Prometheus
+    target_negative: float = 0.0  # counters): sum = positive - negative
     target_squared: float = 0.0
 
     def add_classification(self, pairs: list[tuple[float, float]]) -> None:
@@ -73,7 +74,10 @@ class VersionCounters:
             self.labelled += 1
             self.absolute_error += abs(predicted - true)
             self.squared_error += (predicted - true) ** 2
-            self.target += true
+            if true >= 0:
+                self.target_positive += true
+            else:
+                self.target_negative -= true
             self.target_squared += true * true
 
     def _class(self, value: float) -> list[int]:

@@ -15,7 +15,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-COMPONENTS = ("servicemonitor", "prometheus-hpa", "models-from-url")
+COMPONENTS = ("servicemonitor", "prometheus-hpa", "models-from-url", "quality-rules", "feedback-redis",
+              "feedback-redis-url")
+# Redis in the cluster or a managed one: alternatives, never rendered together.
+ALTERNATIVES = {"feedback-redis-url"}
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,9 @@ TARGETS = (
     Target("cpu"),
     Target("gpu"),
     *(Target("cpu", (component,)) for component in COMPONENTS),
-    Target("cpu", COMPONENTS),
-    Target("gpu", ("servicemonitor", "prometheus-hpa")),
+    Target("cpu", tuple(c for c in COMPONENTS if c not in ALTERNATIVES)),
+    Target("gpu", ("servicemonitor", "prometheus-hpa", "quality-rules", "feedback-redis")),
+    Target("gpu", ("feedback-redis-url",)),
 )
 
 

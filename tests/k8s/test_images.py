@@ -13,6 +13,11 @@ from .render import K8S, ROOT
 
 IMAGES = K8S / "images"
 SERVERS = {"Dockerfile.cpu": "server", "Dockerfile.gpu": "gpu"}
+# The extras each lock is compiled with (the Makefile's LOCK_EXTRAS_*): the server images also get
+# the feedback store's client (the redis extra), the converter does not.
+LOCK_EXTRAS = {"server": ("server", "redis"), "gpu": ("gpu", "redis"), "convert": ("convert",)}
+# The Python each image runs: the CPU base's tag; Ubuntu 22.04's python3.11 package is 3.11.0.
+IMAGE_PYTHON = {"server": None, "gpu": "3.11.0", "convert": None}
 
 
 def instructions(name: str) -> list[tuple[str, str]]:
@@ -51,6 +56,11 @@ def test_server_images(name, extra):
     assert "--no-deps /wheels/modelport-" in text
     pins = _pins(extra)
     assert ("onnxruntime-gpu" if extra == "gpu" else "onnxruntime") in pins
+    assert "redis" in pins, "the feedback store's client (redis-py) is in server images"
+    # The builder's smoke test imports what `serve` needs, the Redis client included.
+    (smoke,) = re.findall(r'/opt/modelport/bin/python -c "([^"]*)"', text)
+    imported = {m.strip() for m in re.match(r"import ([\w., ]+);", smoke).group(1).split(",")}
+    assert {"modelport.server.app", "onnxruntime", "redis.asyncio"} <= imported, smoke
     assert not any(p.startswith(("tensorflow", "tf2onnx", "keras")) for p in pins), "no TensorFlow in server images"
     assert "tensorflow" not in text.lower().replace("no tensorflow", "")
     users = [a for i, a in steps if i == "USER"]
@@ -76,9 +86,9 @@ def _pins(extra: str) -> dict[str, str]:
     return pins
 
 
-@pytest.mark.parametrize("extra", ["server", "gpu", "convert"])
-def test_locks_satisfy_pyproject(extra):
-    """Every requirement of the extra (and of the base) is pinned in its lock at a version the
+@pytest.mark.parametrize("lock", sorted(LOCK_EXTRAS))
+def test_locks_satisfy_pyproject(lock):
+    """Every requirement of the lock's extras (and of the base) is pinned in it at a version the
     requirement allows: a pyproject.toml edit without `make lock` fails here."""
     import tomllib
 
@@ -86,14 +96,70 @@ def test_locks_satisfy_pyproject(extra):
     from packaging.utils import canonicalize_name
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = {canonicalize_name(k): v for k, v in _pins(extra).items()}
-    for text in project["dependencies"] + project["optional-dependencies"][extra]:
+    pins = {canonicalize_name(k): v for k, v in _pins(lock).items()}
+    wanted = list(project["dependencies"])
+    for extra in LOCK_EXTRAS[lock]:
+        assert extra in project["optional-dependencies"], f"pyproject.toml has no extra {extra!r}"
+        wanted += project["optional-dependencies"][extra]
+    for text in wanted:
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{requirement} is not in requirements-{extra}.lock: run `make lock`"
+        assert name in pins, f"{requirement} is not in requirements-{lock}.lock: run `make lock`"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"requirements-{extra}.lock pins {name}=={pins[name]}, pyproject.toml wants {requirement}: run `make lock`"
+            f"requirements-{lock}.lock pins {name}=={pins[name]}, pyproject.toml wants {requirement}: run `make lock`"
         )
+    header = (IMAGES / f"requirements-{lock}.lock").read_text().split("\n\n", 1)[0]
+    assert {f"--extra={extra}" for extra in LOCK_EXTRAS[lock]} == set(re.findall(r"--extra=\S+", header))
+
+
+def test_makefile_compiles_the_locks_with_these_extras():
+    makefile = (ROOT / "Makefile").read_text()
+    assert set(re.search(r"^LOCKS := (.*)$", makefile, re.M).group(1).split()) == set(LOCK_EXTRAS)
+    for lock, extras in LOCK_EXTRAS.items():
+        line = re.search(rf"^LOCK_EXTRAS_{lock} := (.*)$", makefile, re.M)
+        assert line and tuple(line.group(1).split()) == extras, f"the Makefile's LOCK_EXTRAS_{lock}"
+
+
+@pytest.mark.parametrize("lock", sorted(LOCK_EXTRAS))
+def test_locks_hold_what_the_images_python_needs(lock):
+    """pip-compile evaluates environment markers on the Python that runs it (a recent 3.11); each
+    image runs its own. Every dependency that a pinned package declares for the image's Python is
+    pinned too (checked for the pins installed here at the same version, redis-py among them:
+    below 3.11.3 it needs async-timeout, which the GPU lock gets from requirements-gpu.in)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    python = IMAGE_PYTHON[lock]
+    if python is None:
+        base = re.search(r"python:(\d+\.\d+\.\d+)-slim", (IMAGES / "Dockerfile.cpu").read_text())
+        python = base.group(1)
+    else:
+        gpu = (IMAGES / "Dockerfile.gpu").read_text()
+        assert "ubuntu22.04" in gpu and "python3.11 " in gpu, "IMAGE_PYTHON['gpu'] assumes Ubuntu 22.04's python3.11"
+    environment = {"python_version": python.rsplit(".", 1)[0], "python_full_version": python,
+                   "implementation_name": "cpython", "platform_python_implementation": "CPython",
+                   "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
+                   "platform_machine": "x86_64", "extra": ""}
+    pins = {canonicalize_name(k): v for k, v in _pins(lock).items()}
+    checked = set()
+    for name, version in pins.items():
+        try:
+            if importlib.metadata.version(name) != version:
+                continue
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        checked.add(name)
+        for text in requires:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                assert canonicalize_name(requirement.name) in pins, (
+                    f"{name}=={version} needs {requirement} on Python {python}: not in requirements-{lock}.lock"
+                )
+    if lock != "convert":
+        assert "redis" in checked, "redis-py (pinned in the server locks) is installed here at the pinned version"
 
 
 def test_build_context_leaves_local_state_out():

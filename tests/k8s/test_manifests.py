@@ -14,14 +14,14 @@ import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
 
-from .render import TARGETS, Target, convert_job, job_manifests, of_kind, one, render
+from .render import COMPONENTS, K8S, TARGETS, Target, convert_job, job_manifests, of_kind, one, render
 
 OLDEST = "1.28"  # native gRPC probes and PDB unhealthyPodEvictionPolicy are on by default from here
 NEWEST = latest_version()  # the newest schemas kubernetes-validate ships
 VERSIONS = (OLDEST, NEWEST)
 
 # Kinds without a schema in Kubernetes itself, allowed only when listed here.
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 EXPECTED = {
     Target("cpu"): {
@@ -49,6 +49,11 @@ def pod_labels(workload: dict) -> dict:
     return workload["spec"]["template"]["metadata"]["labels"]
 
 
+def workloads(objects) -> list[dict]:
+    """The Deployment, and the StatefulSets components add (the feedback store's Redis)."""
+    return [deployment(objects)] + of_kind(objects, "StatefulSet")
+
+
 def server(objects) -> dict:
     return next(c for c in pod_spec(deployment(objects))["containers"] if c["name"] == "modelport")
 
@@ -62,6 +67,12 @@ def config(objects) -> dict[str, str]:
     """The server's ConfigMap data, found through the Deployment's envFrom (names are hashed)."""
     (ref,) = [e["configMapRef"]["name"] for e in server(objects)["envFrom"] if "configMapRef" in e]
     return one(objects, "ConfigMap", ref)["data"]
+
+
+def server_services(objects) -> list[str]:
+    """The Services in front of the server pods (components add others, e.g. modelport-redis)."""
+    labels = pod_labels(deployment(objects))
+    return [s["metadata"]["name"] for s in of_kind(objects, "Service") if selects(s["spec"]["selector"], labels)]
 
 
 def selects(selector: dict, labels: dict) -> bool:
@@ -95,6 +106,29 @@ def test_components_add_what_they_say(rendered):
     from_url = {(o["kind"], base_name(o["metadata"]["name"])) for o in rendered[Target("cpu", ("models-from-url",))]}
     assert from_url - cpu == {("ConfigMap", "modelport-models-url")}
     assert cpu - from_url == {("PersistentVolumeClaim", "modelport-models")}
+    rules = {(o["kind"], base_name(o["metadata"]["name"])) for o in rendered[Target("cpu", ("quality-rules",))]}
+    assert rules - cpu == {("PrometheusRule", "modelport-quality")}
+    redis = {(o["kind"], base_name(o["metadata"]["name"])) for o in rendered[Target("cpu", ("feedback-redis",))]}
+    assert redis - cpu == {("StatefulSet", "modelport-redis"), ("Service", "modelport-redis"),
+                           ("NetworkPolicy", "modelport-redis"), ("ConfigMap", "modelport-redis-config"),
+                           ("Secret", "modelport-feedback-store")}
+    managed = {(o["kind"], base_name(o["metadata"]["name"])) for o in rendered[Target("cpu", ("feedback-redis-url",))]}
+    assert managed == cpu, "the managed-Redis component adds no object (the Secret is the user's)"
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_overlays_offer_the_components(overlay):
+    """Each overlay lists its optional components, commented, as the README says to uncomment them."""
+    text = (K8S / "overlays" / overlay / "kustomization.yaml").read_text()
+    offered = re.findall(r"^#\s+- \.\./\.\./components/([\w-]+)", text, re.M)
+    assert offered and set(offered) <= set(COMPONENTS)
+    assert {"quality-rules", "feedback-redis"} <= set(offered)
+    if overlay == "cpu":
+        assert set(offered) == set(COMPONENTS)
+    readme = (K8S / "README.md").read_text()
+    for component in COMPONENTS:
+        assert (K8S / "components" / component / "kustomization.yaml").exists()
+        assert f"components/{component}" in readme, component
 
 
 def _all_objects(rendered) -> dict[str, dict]:
@@ -132,6 +166,13 @@ def test_unlisted_kinds_and_unknown_fields_fail():
 
 def test_listed_crds_are_well_formed(rendered):
     for obj in _all_objects(rendered).values():
+        if obj["kind"] == "PrometheusRule":
+            assert set(obj["spec"]) == {"groups"}
+            for group in obj["spec"]["groups"]:
+                assert set(group) <= {"name", "interval", "rules"} and group["rules"]
+                for rule in group["rules"]:
+                    assert set(rule) <= {"record", "expr", "labels"} and rule["record"] and rule["expr"]
+            continue
         if obj["kind"] != "ServiceMonitor":
             continue
         spec = obj["spec"]
@@ -148,8 +189,11 @@ def test_listed_crds_are_well_formed(rendered):
 
 @pytest.mark.parametrize("target", TARGETS, ids=ids)
 def test_every_container_has_probes_resources_and_security(rendered, target):
-    workloads = [deployment(rendered[target])]
-    for workload in workloads + [convert_job()]:
+    running = workloads(rendered[target])
+    for workload in running:
+        # Service links would inject MODELPORT_-prefixed variables (Services modelport, modelport-redis).
+        assert pod_spec(workload).get("enableServiceLinks") is False, workload["metadata"]["name"]
+    for workload in running + [convert_job()]:
         pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
@@ -168,9 +212,10 @@ def test_every_container_has_probes_resources_and_security(rendered, target):
             assert "memory" in resources.get("limits", {}), where
             mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
             assert "/tmp" in mounts, f"{where}: a writable /tmp on a read-only root"
-    for c in pod_spec(workloads[0])["containers"]:
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert probe in c, f"{c['name']} has no {probe}"
+    for workload in running:
+        for c in pod_spec(workload)["containers"]:
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert probe in c, f"{c['name']} has no {probe}"
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=ids)
@@ -213,11 +258,22 @@ def test_selectors_match_the_pods(rendered, target):
     assert selects(workload["spec"]["selector"], labels)
     job_labels = pod_labels(convert_job())
     for service in of_kind(objects, "Service"):
-        assert selects(service["spec"]["selector"], labels), service["metadata"]["name"]
+        # Each Service selects the pods of exactly one workload: the servers' or a component's.
+        selector = service["spec"]["selector"]
+        chosen = [w["metadata"]["name"] for w in workloads(objects) if selects(selector, pod_labels(w))]
+        assert len(chosen) == 1, (service["metadata"]["name"], chosen)
         assert not selects(service["spec"]["selector"], job_labels), "conversion pods must get no traffic"
+    for name in server_services(objects):
+        assert selects(one(objects, "Service", name)["spec"]["selector"], labels), name
+    assert {"modelport", "modelport-headless"} <= set(server_services(objects))
     assert one(objects, "Service", "modelport-headless")["spec"]["clusterIP"] == "None"
     assert selects(one(objects, "PodDisruptionBudget")["spec"]["selector"], labels)
-    assert selects(one(objects, "NetworkPolicy")["spec"]["podSelector"], labels)
+    assert selects(one(objects, "NetworkPolicy", "modelport")["spec"]["podSelector"], labels)
+    for stateful in of_kind(objects, "StatefulSet"):
+        assert selects(stateful["spec"]["selector"], pod_labels(stateful))
+        assert not selects(stateful["spec"]["selector"], labels), "a component's pods are not servers"
+        governing = one(objects, "Service", stateful["spec"]["serviceName"])
+        assert selects(governing["spec"]["selector"], pod_labels(stateful))
     for constraint in pod_spec(workload)["topologySpreadConstraints"]:
         assert selects(constraint["labelSelector"], labels)
     target_ref = one(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
@@ -240,7 +296,7 @@ def test_ports_match(rendered, target):
     settings = config(objects)
     assert int(settings["MODELPORT_GRPC_PORT"]) == ports["grpc"]
     assert int(settings["MODELPORT_METRICS_PORT"]) == ports["metrics"]
-    for service in of_kind(objects, "Service"):
+    for service in (one(objects, "Service", name) for name in server_services(objects)):
         for port in service["spec"]["ports"]:
             target_port = port["targetPort"]
             assert target_port in ports or target_port in ports.values(), (
@@ -249,9 +305,10 @@ def test_ports_match(rendered, target):
             container_port = ports[target_port] if isinstance(target_port, str) else target_port
             protocol = {ports["grpc"]: "grpc", ports["metrics"]: "http"}[container_port]
             assert port["appProtocol"] == protocol
-    allowed = {p["port"] for rule in one(objects, "NetworkPolicy")["spec"]["ingress"] for p in rule["ports"]}
+    policy = one(objects, "NetworkPolicy", "modelport")
+    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
     assert allowed == {"grpc", "metrics"} or allowed == set(ports.values())
-    assert one(objects, "NetworkPolicy")["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=ids)
@@ -263,6 +320,27 @@ def test_references_resolve(rendered, target):
     pod = pod_spec(workload)
     config_maps = {o["metadata"]["name"] for o in of_kind(objects, "ConfigMap")}
     claims = {o["metadata"]["name"] for o in of_kind(objects, "PersistentVolumeClaim")}
+    # Secrets: rendered ones (kustomize's hashed names), and the one the user creates for a
+    # managed Redis (k8s/components/feedback-redis-url).
+    secrets = {o["metadata"]["name"] for o in of_kind(objects, "Secret")}
+    if "feedback-redis-url" in target.components:
+        secrets.add("modelport-feedback-store")
+    for running in workloads(objects):
+        for c in containers(running):
+            for env in c.get("env", []):
+                if "secretKeyRef" in env.get("valueFrom", {}):
+                    assert env["valueFrom"]["secretKeyRef"]["name"] in secrets, (c["name"], env["name"])
+                if "configMapKeyRef" in env.get("valueFrom", {}):
+                    assert env["valueFrom"]["configMapKeyRef"]["name"] in config_maps, (c["name"], env["name"])
+    for stateful in of_kind(objects, "StatefulSet"):
+        spec = pod_spec(stateful)
+        volumes = {v["name"] for v in spec.get("volumes", [])} | {
+            t["metadata"]["name"] for t in stateful["spec"].get("volumeClaimTemplates", [])}
+        for c in containers(stateful):
+            assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes, c["name"]
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, volume["name"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert pod["serviceAccountName"] in {o["metadata"]["name"] for o in of_kind(objects, "ServiceAccount")}
     for c in containers(workload):
