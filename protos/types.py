@@ -140,6 +140,9 @@ class VersionQuality:
     mae: float = 0.0
     rmse: float = 0.0
     r2: float = 0.0
+    # The window's (predicted, true) pairs, oldest first, when asked for (rollout decisions).
+    predicted: tuple[float, ...] = field(default=(), repr=False)
+    truth: tuple[float, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict:
         """The JSON shape `modelport quality --json` prints for a version."""
@@ -157,7 +160,7 @@ class VersionQuality:
             version=self.version, kind=self.kind, count=self.count, accuracy=self.accuracy,
             precision=self.precision, recall=self.recall, f1=self.f1, classes=self.classes,
             confusion=[fb.ConfusionRow(counts=row) for row in self.confusion], mae=self.mae, rmse=self.rmse,
-            r2=self.r2,
+            r2=self.r2, predicted=self.predicted, truth=self.truth,
         )  # fmt: skip
 
     @classmethod
@@ -165,7 +168,8 @@ class VersionQuality:
         """From the protobuf message."""
         return cls(
             msg.version, msg.kind, msg.count, msg.accuracy, msg.precision, msg.recall, msg.f1, tuple(msg.classes),
-            tuple(tuple(row.counts) for row in msg.confusion), msg.mae, msg.rmse, msg.r2,
+            tuple(tuple(row.counts) for row in msg.confusion), msg.mae, msg.rmse, msg.r2, tuple(msg.predicted),
+            tuple(msg.truth),
         )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from modelport.protocol.generated import _pool, feedback_pb2, feedback_pb2_grpc
+from modelport.protocol.generated import _pool, feedback_pb2, feedback_pb2_grpc, rollout_pb2, rollout_pb2_grpc
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
@@ -29,6 +29,7 @@ from .metrics import MetricsEndpoint
 from .observers import PredictedClassCounter
 from .quality import QualityMonitor
 from .registry import ModelRegistry
+from .rollout_service import RolloutServicer
 from .servicer import InferenceServicer
 from .settings import ServerSettings
 
@@ -91,9 +92,11 @@ def add_services(server, dataplane: DataPlane, quality: QualityMonitor) -> Healt
     registrar = TolerantRegistrar(server)  # requests that do not parse: INVALID_ARGUMENT, not UNKNOWN
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), registrar)
     feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), registrar)
+    rollout_pb2_grpc.add_RolloutServicer_to_server(RolloutServicer(dataplane), registrar)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
     names = [SERVICE_NAME, feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name,
+             rollout_pb2.DESCRIPTOR.services_by_name["Rollout"].full_name,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]  # fmt: skip
     # What reflection.enable_server_reflection does for a grpc.aio server, through the registrar.
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(

@@ -31,6 +31,7 @@ ADMIN_METHODS = {
     "/inference.GRPCInferenceService/CudaSharedMemoryUnregister",
     "/inference.GRPCInferenceService/TraceSetting",
     "/inference.GRPCInferenceService/LogSettings",
+    "/modelport.v1.Rollout/RolloutRefresh",
 }
 OPEN_PREFIXES = (
     "/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/"

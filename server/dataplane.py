@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 
 from modelport.protocol.repository import PLATFORM
+from modelport.protocol.rollout import Rollout
 from modelport.protocol.types import (
     InferenceRequest,
     InferenceResponse,
@@ -126,7 +127,7 @@ class DataPlane:
         """Admit, run and release one request. NOT_FOUND / UNAVAILABLE for a model that is not
         served, RESOURCE_EXHAUSTED past the limits, INVALID_ARGUMENT for what the codec or the
         signature refuse, and whatever the scheduler or the run end in."""
-        model = self.registry.get(request.model, request.version)
+        model = self.registry.resolve(request.model, request.version, request.id)
         start = time.perf_counter_ns()
         try:
             self._admit(model, request.nbytes)
@@ -215,6 +216,21 @@ class DataPlane:
         """Every model folder and version with its state (and why, when it is not READY)."""
         rows = [ModelIndexEntry(*row) for row in self.registry.index()]
         return [row for row in rows if row.state == "READY"] if ready_only else rows
+
+    async def refresh_model(self, name: str) -> None:
+        """Reread a served model's folder now (its rollout.json above all), in any control mode:
+        `modelport rollout` pushes a change this way instead of waiting for the next poll."""
+        if name not in self.registry.names():
+            raise ModelNotFound(f"model '{name}' is not served here")
+        await self.registry.load(name)
+
+    def rollout_status(self, name: str) -> tuple[Rollout | None, ModelVersion | None, list[ModelVersion]]:
+        """(the model's rollout, the version unversioned requests default to, every served version)."""
+        rollout = self.registry.rollout(name)
+        served = [self.registry.get(name, str(v)) for v in self.registry.versions(name)]
+        wanted = rollout.default_version() if rollout is not None else None
+        default = next((v for v in served if v.version == wanted), served[-1]) if served else None
+        return rollout, default, served
 
     async def load_model(self, name: str) -> None:
         """RepositoryModelLoad: explicit mode only, as in Triton."""

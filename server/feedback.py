@@ -27,6 +27,6 @@ class FeedbackServicer(fb_grpc.FeedbackServicer):
     async def GetQuality(self, request: fb.GetQualityRequest, context) -> fb.GetQualityResponse:
         if not request.model_name:
             raise InvalidInput("GetQuality needs model_name")
-        quality = await self._monitor.quality(request.model_name, request.model_version)
+        quality = await self._monitor.quality(request.model_name, request.model_version, request.include_pairs)
         versions = [q.to_proto() for q in quality.versions.values()]
         return fb.GetQualityResponse(model_name=quality.model, versions=versions)

@@ -21,6 +21,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from modelport.protocol.rollout import DECISIONS
+
 from .statistics import LATENCY_BUCKETS_S
 
 if TYPE_CHECKING:
@@ -96,6 +98,30 @@ class _RegistryCollector(Collector):
             failures.add_metric([model, str(version)], count)
         yield state
         yield failures
+        yield from self._rollouts()
+
+    def _rollouts(self):
+        """The share of unversioned traffic each version of a rollout gets, and the decisions in
+        its history (modelport rollout records them in the repository)."""
+        weight = GaugeMetricFamily("modelport_rollout_weight", "Share of unversioned requests a version gets "
+                                   "under the model's rollout", labels=LABELS)  # fmt: skip
+        decisions = CounterMetricFamily("modelport_rollout_decisions", "Rollout decisions recorded for the model",
+                                        labels=("model", "decision"))  # fmt: skip
+        for entry in self._registry.entries():
+            rollout = entry.rollout
+            if rollout is None:
+                continue
+            share = rollout.candidate_share()
+            weight.add_metric([entry.name, str(rollout.candidate)], share)
+            weight.add_metric([entry.name, str(rollout.stable)], 1.0 - share)
+            counts = {decision: 0 for decision in DECISIONS}
+            for record in rollout.history:
+                if record.get("decision") in counts:
+                    counts[record["decision"]] += 1
+            for decision, count in counts.items():
+                decisions.add_metric([entry.name, decision], count)
+        yield weight
+        yield decisions
 
 
 class _QualityCollector(Collector):

@@ -18,6 +18,7 @@ unless config.pbtxt says `parameters { key: "quality_kind" value { string_value:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -224,17 +225,19 @@ class QualityMonitor:
 
     # ------------------------------------------------------------ reading
 
-    async def quality(self, model: str, version: str = "") -> ModelQuality:
-        """Rolling quality of the model's versions (or of one) from the store's windows."""
+    async def quality(self, model: str, version: str = "", include_pairs: bool = False) -> ModelQuality:
+        """Rolling quality of the model's versions (or of one) from the store's windows; with
+        `include_pairs`, each window's pairs too."""
         if version and not (version.isascii() and version.isdigit()):
             raise ModelNotFound(f"model '{model}' has no version '{version}'")
         try:
             versions = [int(version)] if version else await self.store.versions(model)
             found = {}
             for v in versions:
-                quality = await self._version_quality(model, v)
+                quality = await self._version_quality(model, v, include_pairs)
                 if quality is not None:
-                    found[str(v)] = self.latest[(model, v)] = quality
+                    found[str(v)] = quality
+                    self.latest[(model, v)] = dataclasses.replace(quality, predicted=(), truth=())
         except StoreUnavailable as exc:
             self._store_failed("quality", exc)
             raise
@@ -242,11 +245,18 @@ class QualityMonitor:
             raise ModelNotFound(f"model '{model}' is not served here and has no labelled feedback")
         return ModelQuality(model, found)
 
-    async def _version_quality(self, model: str, version: int) -> VersionQuality | None:
+    async def _version_quality(self, model: str, version: int, include_pairs: bool = False) -> VersionQuality | None:
         kind, pairs = await self.store.window(model, version)
         if not pairs:
             return None
         predicted, true = (np.asarray(column) for column in zip(*pairs))
+        quality = self._window_quality(version, kind, predicted, true)
+        if include_pairs:
+            quality = dataclasses.replace(quality, predicted=tuple(predicted.tolist()), truth=tuple(true.tolist()))
+        return quality
+
+    @staticmethod
+    def _window_quality(version: int, kind: str | None, predicted: np.ndarray, true: np.ndarray) -> VersionQuality:
         if kind == "regression":
             r = regression_report(true, predicted)
             return VersionQuality(str(version), kind, r.count, mae=r.mae, rmse=r.rmse, r2=r.r2)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelport.protocol.repository import version_folders
+from modelport.protocol.rollout import Rollout, read_rollout, to_candidate
 
 from . import config as cfg
 from .errors import ModelLoadError, ModelNotFound, ModelNotReady, ModelportError
@@ -48,6 +49,7 @@ class ModelEntry:
     error: str = ""  # a problem of the whole model (config), "" when none
     wanted: bool = False  # loaded on purpose (start-up, poll or RepositoryModelLoad)
     seen: tuple = ()  # the model folder's files at the last load attempt
+    rollout: Rollout | None = None  # <model>/rollout.json as last loaded
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
@@ -93,6 +95,26 @@ class ModelRegistry:
             served = ", ".join(str(v) for v in sorted(entry.versions))
             raise ModelNotFound(f"model '{name}' has no served version '{version}'; served versions: {served}")
         return entry.versions[int(version)]
+
+    def rollout(self, name: str) -> Rollout | None:
+        """The model's rollout as loaded (None without one); NOT_FOUND for an unknown model."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"model '{name}' is not found")
+        return entry.rollout
+
+    def resolve(self, name: str, version: str, request_id: str) -> ModelVersion:
+        """The version a request goes to: the one it names; else, while the model has a rollout,
+        the candidate for its share of traffic (by the id's hash) and the stable version for the
+        rest; else the newest served."""
+        entry = self._entries.get(name)
+        rollout = entry.rollout if entry is not None else None
+        if version or rollout is None or not entry.versions:
+            return self.get(name, version)
+        if rollout.running and rollout.candidate in entry.versions and to_candidate(name, request_id, rollout.weight):
+            return entry.versions[rollout.candidate]
+        default = entry.versions.get(rollout.default_version())
+        return default if default is not None else entry.versions[max(entry.versions)]
 
     @staticmethod
     def _why_not(entry: ModelEntry) -> str:
@@ -170,7 +192,11 @@ class ModelRegistry:
         entry.seen = model_stamp(directory)
         try:
             spec = cfg.model_spec(entry.name, cfg.read_config(directory))
-            wanted = spec.version_policy.select(version_folders(directory))
+            rollout = _read_rollout(entry.name, directory)
+            available = version_folders(directory)
+            wanted = spec.version_policy.select(available)
+            if rollout is not None:  # both versions of a rollout stay loaded, whatever the policy says
+                wanted = sorted(set(wanted) | (rollout.kept_loaded() & set(available)))
             if not wanted:
                 raise ModelLoadError(f"model '{entry.name}': no version folder matches its version policy")
         except ModelLoadError as exc:
@@ -183,6 +209,7 @@ class ModelRegistry:
             # Something wanted failed: what served before keeps serving, even versions the policy
             # would now drop, until a reload succeeds.
             served = {**entry.versions, **served}
+        entry.rollout = rollout  # with the swap, in the same event-loop step: requests see both or neither
         self._swap(entry, served, failures)
         if failures:
             raise ModelLoadError("; ".join(failures.values()))
@@ -293,3 +320,10 @@ class ModelRegistry:
         for entry in self._entries.values():
             self._retire_all(entry, "server stopped")
         await self.wait_retired()
+
+
+def _read_rollout(name: str, directory: Path) -> Rollout | None:
+    try:
+        return read_rollout(directory)
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"model '{name}': {exc}") from None

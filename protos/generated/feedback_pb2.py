@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x0e\x66\x65\x65\x64\x62\x61\x63k.proto\x12\x0cmodelport.v1\"U\n\x12ReportLabelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\x03\x12\x0f\n\x07targets\x18\x04 \x03(\x01\"&\n\x13ReportLabelResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\">\n\x11GetQualityRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x1e\n\x0c\x43onfusionRow\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x03\"\xe6\x01\n\x0eVersionQuality\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x04 \x01(\x01\x12\x11\n\tprecision\x18\x05 \x01(\x01\x12\x0e\n\x06recall\x18\x06 \x01(\x01\x12\n\n\x02\x66\x31\x18\x07 \x01(\x01\x12\x0f\n\x07\x63lasses\x18\x08 \x03(\x03\x12-\n\tconfusion\x18\t \x03(\x0b\x32\x1a.modelport.v1.ConfusionRow\x12\x0b\n\x03mae\x18\n \x01(\x01\x12\x0c\n\x04rmse\x18\x0b \x01(\x01\x12\n\n\x02r2\x18\x0c \x01(\x01\"X\n\x12GetQualityResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12.\n\x08versions\x18\x02 \x03(\x0b\x32\x1c.modelport.v1.VersionQuality2\xb3\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12T\n\x0bReportLabel\x12 .modelport.v1.ReportLabelRequest\x1a!.modelport.v1.ReportLabelResponse\"\x00\x12Q\n\nGetQuality\x12\x1f.modelport.v1.GetQualityRequest\x1a .modelport.v1.GetQualityResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n\x0e\x66\x65\x65\x64\x62\x61\x63k.proto\x12\x0cmodelport.v1\"U\n\x12ReportLabelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\x03\x12\x0f\n\x07targets\x18\x04 \x03(\x01\"&\n\x13ReportLabelResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\"U\n\x11GetQualityRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rinclude_pairs\x18\x03 \x01(\x08\"\x1e\n\x0c\x43onfusionRow\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x03\"\x88\x02\n\x0eVersionQuality\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x04 \x01(\x01\x12\x11\n\tprecision\x18\x05 \x01(\x01\x12\x0e\n\x06recall\x18\x06 \x01(\x01\x12\n\n\x02\x66\x31\x18\x07 \x01(\x01\x12\x0f\n\x07\x63lasses\x18\x08 \x03(\x03\x12-\n\tconfusion\x18\t \x03(\x0b\x32\x1a.modelport.v1.ConfusionRow\x12\x0b\n\x03mae\x18\n \x01(\x01\x12\x0c\n\x04rmse\x18\x0b \x01(\x01\x12\n\n\x02r2\x18\x0c \x01(\x01\x12\x11\n\tpredicted\x18\r \x03(\x01\x12\r\n\x05truth\x18\x0e \x03(\x01\"X\n\x12GetQualityResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12.\n\x08versions\x18\x02 \x03(\x0b\x32\x1c.modelport.v1.VersionQuality2\xb3\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12T\n\x0bReportLabel\x12 .modelport.v1.ReportLabelRequest\x1a!.modelport.v1.ReportLabelResponse\"\x00\x12Q\n\nGetQuality\x12\x1f.modelport.v1.GetQualityRequest\x1a .modelport.v1.GetQualityResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTLABELRESPONSE']._serialized_start=119
   _globals['_REPORTLABELRESPONSE']._serialized_end=157
   _globals['_GETQUALITYREQUEST']._serialized_start=159
-  _globals['_GETQUALITYREQUEST']._serialized_end=221
-  _globals['_CONFUSIONROW']._serialized_start=223
-  _globals['_CONFUSIONROW']._serialized_end=253
-  _globals['_VERSIONQUALITY']._serialized_start=256
-  _globals['_VERSIONQUALITY']._serialized_end=486
-  _globals['_GETQUALITYRESPONSE']._serialized_start=488
-  _globals['_GETQUALITYRESPONSE']._serialized_end=576
-  _globals['_FEEDBACK']._serialized_start=579
-  _globals['_FEEDBACK']._serialized_end=758
+  _globals['_GETQUALITYREQUEST']._serialized_end=244
+  _globals['_CONFUSIONROW']._serialized_start=246
+  _globals['_CONFUSIONROW']._serialized_end=276
+  _globals['_VERSIONQUALITY']._serialized_start=279
+  _globals['_VERSIONQUALITY']._serialized_end=543
+  _globals['_GETQUALITYRESPONSE']._serialized_start=545
+  _globals['_GETQUALITYRESPONSE']._serialized_end=633
+  _globals['_FEEDBACK']._serialized_start=636
+  _globals['_FEEDBACK']._serialized_end=815
 # @@protoc_insertion_point(module_scope)
