@@ -58,7 +58,8 @@ def channel_spec(
         service_config["loadBalancingConfig"] = [{load_balancing: {}}]
     if retries > 0:
         service_config["methodConfig"] = [{
-            "name": [{"service": "inference.GRPCInferenceService"}, {"service": "modelport.v1.Feedback"}],
+            "name": [{"service": "inference.GRPCInferenceService"}, {"service": "modelport.v1.Feedback"},
+                     {"service": "modelport.v1.Rollout"}],
             "retryPolicy": {
                 "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
                 "initialBackoff": "0.05s",

@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
                         "(accuracy, precision/recall/F1, confusion matrix, latency)"),
     "quality": Command("modelport.client.quality_cli",
                        "rolling quality per model version from reported labels (cluster-wide with a shared store)"),
+    "rollout": Command("modelport.client.rollout_cli",
+                       "roll a new version out by measured quality: start, status, step, promote, abort"),
 }  # fmt: skip
 
 

@@ -14,6 +14,8 @@ from modelport.protocol.generated import feedback_pb2_grpc as fb_grpc
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 from modelport.protocol.generated import model_config_pb2 as mc
+from modelport.protocol.generated import rollout_pb2 as ro
+from modelport.protocol.generated import rollout_pb2_grpc as ro_grpc
 from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ModelQuality, ServerMetadata
 
 from ._common import channel_spec, chunks, label_request, predict_plan, prepare
@@ -45,6 +47,7 @@ class Client:
             self._channel = grpc.secure_channel(spec.target, spec.credentials, options=spec.options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._feedback = fb_grpc.FeedbackStub(self._channel)
+        self._rollout = ro_grpc.RolloutStub(self._channel)
         self.timeout = timeout
         self._metadata: dict[tuple[str, str], ModelMetadata] = {}
 
@@ -127,11 +130,24 @@ class Client:
         request = label_request(model, request_id, labels)
         return (self._call(self._feedback.ReportLabel, request, timeout)).matched
 
-    def quality(self, model: str, version: str = "", *, timeout: float | None = None) -> ModelQuality:
+    def quality(
+        self, model: str, version: str = "", *, include_pairs: bool = False, timeout: float | None = None
+    ) -> ModelQuality:
         """Rolling quality per version over the server's labelled windows (cluster-wide with a
-        shared feedback store); `.to_dict()` is the shape `modelport quality --json` prints."""
-        request = fb.GetQualityRequest(model_name=model, model_version=version)
+        shared feedback store); `.to_dict()` is the shape `modelport quality --json` prints. With
+        `include_pairs`, each version's window of (predicted, true) pairs comes too."""
+        request = fb.GetQualityRequest(model_name=model, model_version=version, include_pairs=include_pairs)
         return ModelQuality.from_proto(self._call(self._feedback.GetQuality, request, timeout))
+
+    # ------------------------------------------------------------ rollouts
+
+    def rollout_status(self, model: str, *, timeout: float | None = None) -> ro.RolloutStatusResponse:
+        """The model's rollout as this server serves it, and each version's traffic."""
+        return self._call(self._rollout.RolloutStatus, ro.RolloutStatusRequest(model_name=model), timeout)
+
+    def rollout_refresh(self, model: str, *, timeout: float | None = None) -> None:
+        """Make the server reread the model's folder (its rollout.json) now; needs the admin scope."""
+        self._call(self._rollout.RolloutRefresh, ro.RolloutRefreshRequest(model_name=model), timeout)
 
     # ------------------------------------------------------------ repository, config, statistics
 
