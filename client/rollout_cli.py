@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -58,6 +59,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     for parser in sub.choices.values():
         parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
         parser.add_argument("--timeout", type=positive_float, default=30.0, help="deadline per call (default 30)")
+        parser.add_argument("--token-file", type=Path,
+                            help="a bearer token for servers started with --auth-token-file (step and the pushes "
+                                 "need the admin scope); default: $MODELPORT_TOKEN")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -225,7 +229,6 @@ def _gather(args: argparse.Namespace, model: str, rollout):
 
     from modelport.protocol.rollout import Rollout
 
-    from . import Client
     from .rollout import Evidence, Traffic
 
     servers = addresses(args.url)
@@ -234,7 +237,7 @@ def _gather(args: argparse.Namespace, model: str, rollout):
     traffic: dict[int, Traffic] = {}
     served_text = ""
     for address in servers:
-        with Client(address, timeout=args.timeout) as client:
+        with _client(args, address) as client:
             status = client.rollout_status(model)
         served_text = served_text or status.rollout_json
         for v in status.versions:
@@ -243,7 +246,7 @@ def _gather(args: argparse.Namespace, model: str, rollout):
     rollout = rollout or (Rollout.from_json(served_text) if served_text else None)
     if rollout is None:
         return served_text, (None, None)
-    with Client(servers[0], timeout=args.timeout) as client:
+    with _client(args, servers[0]) as client:
         quality = client.quality(model, include_pairs=True)
     evidence = []
     for version in (rollout.stable, rollout.candidate):
@@ -252,6 +255,14 @@ def _gather(args: argparse.Namespace, model: str, rollout):
         truth = np.asarray(window.truth if window else (), np.float64)
         evidence.append(Evidence(version, predicted, truth, traffic.get(version, Traffic())))
     return served_text or rollout.to_json(), tuple(evidence)
+
+
+def _client(args: argparse.Namespace, address: str):
+    """A Client for one server, with the bearer token when one is given."""
+    from . import Client
+
+    token = args.token_file.read_text().strip() if args.token_file else os.environ.get("MODELPORT_TOKEN") or None
+    return Client(address, timeout=args.timeout, token=token)
 
 
 def _options(args: argparse.Namespace, stable):
@@ -266,12 +277,12 @@ def _options(args: argparse.Namespace, stable):
 
 def _push(args: argparse.Namespace, model: str) -> list[str]:
     """Tell every --url server to reread the model now; the ones reached."""
-    from . import Client, InferenceServerError
+    from . import InferenceServerError
 
     told = []
     for address in addresses(args.url):
         try:
-            with Client(address, timeout=args.timeout) as client:
+            with _client(args, address) as client:
                 client.rollout_refresh(model)
             told.append(address)
         except InferenceServerError as exc:

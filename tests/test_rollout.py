@@ -98,3 +98,21 @@ def version_of(client: Client, request_id: str, version: str = "") -> str:
 
     request = codec.build_request("m", {"x": np.ones((1, 4), np.float32)}, version=version, request_id=request_id)
     return client._call(client._stub.ModelInfer, request, None).model_version
+
+
+def test_pushing_a_rollout_needs_the_admin_scope(repo: Path, tmp_path: Path, capsys) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader-token inference\nadmin-token admin\n")
+    (tmp_path / "reader").write_text("reader-token\n")
+    (tmp_path / "admin").write_text("admin-token\n")
+    with BackgroundServer(repo, auth_token_file=tokens) as server:
+        start = ("start", "--model-repository", repo, "--name", "m", "--candidate", 2, "--stable", 1,
+                 "--url", server.address)  # fmt: skip
+        code, told = rollout(capsys, *start, "--token-file", tmp_path / "reader")
+        assert code == 0 and told["servers_told"] == []  # written, but the server was not told
+        main(["rollout", "abort", "--model-repository", str(repo), "--name", "m"])
+        capsys.readouterr()
+        code, told = rollout(capsys, *start, "--token-file", tmp_path / "admin")
+        assert code == 0 and told["servers_told"] == [server.address]
+        with Client(server.address, token="admin-token") as client:
+            assert client.model_metadata("m").versions == ("1", "2", "3")
