@@ -148,15 +148,18 @@ def _resampled(metric: str, predicted: np.ndarray, truth: np.ndarray, rng: np.ra
 
 def _macro_f1_rounds(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Macro F1 of each row of [rounds, n] predicted/true classes, over the classes present in that
-    row (scikit-learn's labels=None, zero_division=0)."""
+    row (scikit-learn's labels=None, zero_division=0). Counts per (round, class), not a confusion
+    matrix per round: memory grows with the classes, not with their square."""
     classes = np.union1d(predicted, truth)
     k, rounds = len(classes), predicted.shape[0]
-    codes = np.searchsorted(classes, truth) * k + np.searchsorted(classes, predicted)
-    codes += np.arange(rounds)[:, None] * k * k
-    confusion = np.bincount(codes.ravel(), minlength=rounds * k * k).reshape(rounds, k, k)
-    tp = np.diagonal(confusion, axis1=1, axis2=2)
-    predicted_count, support = confusion.sum(axis=1), confusion.sum(axis=2)
-    denominator = predicted_count + support  # 2tp + fp + fn
+    offset = np.arange(rounds)[:, None] * k
+    p, t = np.searchsorted(classes, predicted) + offset, np.searchsorted(classes, truth) + offset
+
+    def count(codes: np.ndarray) -> np.ndarray:
+        return np.bincount(codes.ravel(), minlength=rounds * k).reshape(rounds, k)
+
+    tp = np.bincount(t[predicted == truth], minlength=rounds * k).reshape(rounds, k)
+    denominator = count(p) + count(t)  # 2tp + fp + fn
     f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0)
     present = denominator > 0
     return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)

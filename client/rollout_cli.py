@@ -261,7 +261,9 @@ def _client(args: argparse.Namespace, address: str):
     """A Client for one server, with the bearer token when one is given."""
     from . import Client
 
-    token = args.token_file.read_text().strip() if args.token_file else os.environ.get("MODELPORT_TOKEN") or None
+    # Stripped either way: a token from `kubectl create secret --from-file` ends in a newline.
+    token = args.token_file.read_text() if args.token_file else os.environ.get("MODELPORT_TOKEN", "")
+    token = token.strip() or None
     return Client(address, timeout=args.timeout, token=token)
 
 

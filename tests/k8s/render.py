@@ -16,9 +16,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 COMPONENTS = ("servicemonitor", "prometheus-hpa", "models-from-url", "quality-rules", "feedback-redis",
-              "feedback-redis-url")
-# Redis in the cluster or a managed one: alternatives, never rendered together.
-ALTERNATIVES = {"feedback-redis-url"}
+              "feedback-redis-url", "rollout-step")
+# Components that exclude another, never rendered together: Redis in the cluster or a managed one;
+# the rollout step writes rollout.json into the shared repository claim, which models-from-url
+# replaces with an emptyDir per pod.
+EXCLUDES = {"feedback-redis-url": "feedback-redis", "rollout-step": "models-from-url"}
+ALTERNATIVES = set(EXCLUDES)  # left out of the first target with every component
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,10 @@ TARGETS = (
     Target("gpu"),
     *(Target("cpu", (component,)) for component in COMPONENTS),
     Target("cpu", tuple(c for c in COMPONENTS if c not in ALTERNATIVES)),
-    Target("gpu", ("servicemonitor", "prometheus-hpa", "quality-rules", "feedback-redis")),
+    Target("cpu", tuple(c for c in COMPONENTS if c not in {"feedback-redis-url", "models-from-url"})),
+    Target("gpu", ("servicemonitor", "prometheus-hpa", "quality-rules", "feedback-redis", "rollout-step")),
     Target("gpu", ("feedback-redis-url",)),
+    Target("gpu", ("feedback-redis-url", "rollout-step")),
 )
 
 

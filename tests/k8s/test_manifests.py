@@ -54,6 +54,12 @@ def workloads(objects) -> list[dict]:
     return [deployment(objects)] + of_kind(objects, "StatefulSet")
 
 
+def cron_jobs(objects) -> list[dict]:
+    """The Jobs the components' CronJobs create (the rollout step), shaped as a Job for pod_spec()."""
+    return [{"kind": "CronJob", "metadata": c["metadata"], "spec": c["spec"]["jobTemplate"]["spec"]}
+            for c in of_kind(objects, "CronJob")]
+
+
 def server(objects) -> dict:
     return next(c for c in pod_spec(deployment(objects))["containers"] if c["name"] == "modelport")
 
@@ -114,6 +120,9 @@ def test_components_add_what_they_say(rendered):
                            ("Secret", "modelport-feedback-store")}
     managed = {(o["kind"], base_name(o["metadata"]["name"])) for o in rendered[Target("cpu", ("feedback-redis-url",))]}
     assert managed == cpu, "the managed-Redis component adds no object (the Secret is the user's)"
+    step = {(o["kind"], base_name(o["metadata"]["name"])) for o in rendered[Target("cpu", ("rollout-step",))]}
+    assert step - cpu == {("CronJob", "modelport-rollout-step"), ("ConfigMap", "modelport-rollout-step"),
+                          ("NetworkPolicy", "modelport-rollout-step")}
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
@@ -190,10 +199,10 @@ def test_listed_crds_are_well_formed(rendered):
 @pytest.mark.parametrize("target", TARGETS, ids=ids)
 def test_every_container_has_probes_resources_and_security(rendered, target):
     running = workloads(rendered[target])
-    for workload in running:
+    for workload in running + cron_jobs(rendered[target]):
         # Service links would inject MODELPORT_-prefixed variables (Services modelport, modelport-redis).
         assert pod_spec(workload).get("enableServiceLinks") is False, workload["metadata"]["name"]
-    for workload in running + [convert_job()]:
+    for workload in running + cron_jobs(rendered[target]) + [convert_job()]:
         pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
@@ -256,13 +265,17 @@ def test_selectors_match_the_pods(rendered, target):
     labels = pod_labels(workload)
     assert SERVER_LABELS.items() <= labels.items()
     assert selects(workload["spec"]["selector"], labels)
-    job_labels = pod_labels(convert_job())
+    job_labels = [pod_labels(convert_job())] + [pod_labels(j) for j in cron_jobs(objects)]
     for service in of_kind(objects, "Service"):
         # Each Service selects the pods of exactly one workload: the servers' or a component's.
         selector = service["spec"]["selector"]
         chosen = [w["metadata"]["name"] for w in workloads(objects) if selects(selector, pod_labels(w))]
         assert len(chosen) == 1, (service["metadata"]["name"], chosen)
-        assert not selects(service["spec"]["selector"], job_labels), "conversion pods must get no traffic"
+        for pods in job_labels:
+            assert not selects(selector, pods), "Job pods (conversion, rollout step) must get no traffic"
+    for job in cron_jobs(objects):
+        assert not selects(workload["spec"]["selector"], pod_labels(job)), "a Job's pods are not servers"
+        assert not selects(one(objects, "PodDisruptionBudget")["spec"]["selector"], pod_labels(job))
     for name in server_services(objects):
         assert selects(one(objects, "Service", name)["spec"]["selector"], labels), name
     assert {"modelport", "modelport-headless"} <= set(server_services(objects))
