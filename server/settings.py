@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -128,6 +128,14 @@ class ServerSettings(BaseSettings):
     log_format: Literal["text", "json"] = option(
         "text", "`event key=value ...` (logfmt) lines, or one JSON object per line with `event` and its fields"
     )
+
+    @field_validator("feedback_store")
+    @classmethod
+    def _store_url(cls, url: str) -> str:
+        """Refused before any model loads (server/feedback_store.open_store opens it)."""
+        if url not in ("memory://", "memory") and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected memory:// or redis://[:PASSWORD@]HOST:PORT/DB")
+        return url
 
     @classmethod
     def defaults(cls) -> ServerSettings:

@@ -108,6 +108,8 @@ def test_serve_mistakes(capsys, files, monkeypatch) -> None:
     assert_one_error(code, err, "missing", "not a directory", exit_code=2)
     code, err = run(capsys, "serve", "--model-repository", files["text"])
     assert_one_error(code, err, "notes.txt", exit_code=2)
+    code, err = run(capsys, "serve", "--model-repository", files["repo"], "--feedback-store", "postgres://db")
+    assert_one_error(code, err, "--feedback-store / MODELPORT_FEEDBACK_STORE", "redis://", exit_code=2)
     monkeypatch.setenv("MODELPORT_GRPC_PORT", "eighty")
     code, err = run(capsys, "serve", "--model-repository", files["repo"])
     assert_one_error(code, err, "--grpc-port / MODELPORT_GRPC_PORT", "'eighty'", exit_code=2)
@@ -143,3 +145,15 @@ def test_verbose_shows_the_traceback_and_a_real_process_shows_none(files, tmp_pa
         verbose = subprocess.run([*cli, *argv, "--verbose"], capture_output=True, text=True)
         assert verbose.returncode == 2 and "Traceback" in verbose.stderr
         assert verbose.stderr.rstrip().splitlines()[-1].startswith("error: ")
+
+
+def test_quality_and_rollout_mistakes(capsys, files, address) -> None:
+    code, err = run(capsys, "quality", "--url", address, "--model", "nope")
+    assert_one_error(code, err, "NOT_FOUND", "'nope'", exit_code=1)
+    code, err = run(capsys, "rollout", "start", "--model-repository", files["repo"], "--name", "scale",
+                    "--candidate", 7, "--stable", 1)  # fmt: skip
+    assert_one_error(code, err, "no version 7", exit_code=2)
+    code, err = run(capsys, "rollout", "promote", "--model-repository", files["repo"], "--name", "scale")
+    assert_one_error(code, err, "no running rollout", exit_code=2)
+    code, err = run(capsys, "rollout", "status", "--url", UNREACHABLE, "--model", "scale", "--timeout", "5")
+    assert_one_error(code, err, "UNAVAILABLE", exit_code=1)
