@@ -7,6 +7,7 @@ import onnx
 import tf2onnx
 from onnx import numpy_helper
 
+from . import tf_ops  # noqa: F401  (registers the handlers for ops tf2onnx lacks)
 from .defaults import DEFAULT_OPSET
 from .sources import Source
 
