@@ -21,6 +21,7 @@ from .cpus import intra_op_threads, usable_cpus
 from .drift import DriftTracker, read_references
 from .errors import ModelLoadError, ModelportError
 from .logs import event
+from .memory_budget import MemoryBudget, default_limit, folder_bytes, resident_bytes
 from .observers import Sampler
 from .repository import version_stamp
 from .runtime import OnnxModel, SessionOptions
@@ -28,7 +29,7 @@ from .scheduler import BatchingScheduler, DirectScheduler, Instance, rows_of
 from .settings import ServerSettings
 from .signature import Signature
 from .statistics import VersionStats
-from .versions import ModelVersion
+from .versions import LoadFootprint, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +45,44 @@ class LoaderSettings:
     cpus: int
     drift_window: int
     drift_sample_rate: float
+    memory_limit: int = 0  # bytes the models of this process may take (memory_budget); 0: no check
 
     @classmethod
     def of(cls, settings: ServerSettings) -> LoaderSettings:
         """From the server's settings (ServerSettings.defaults() for the defaults)."""
         return cls(
             settings.execution_providers, settings.device_id, settings.workers, usable_cpus(),
-            settings.drift_window, settings.drift_sample_rate,
+            settings.drift_window, settings.drift_sample_rate, _memory_limit(settings),
         )  # fmt: skip
 
 
+def _memory_limit(settings: ServerSettings) -> int:
+    """--model-memory-limit, or by default the container's allowance shared among the workers."""
+    given = settings.model_memory_limit
+    return default_limit(settings.workers) if given is None else int(given)
+
+
 def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: LoaderSettings) -> ModelVersion:
-    """Load, check against the config, and warm up; ModelLoadError with the reason otherwise."""
+    """Load, check against the config, and warm up; ModelLoadError with the reason otherwise.
+    The version's files must fit in the memory limit first (refused before any byte is read);
+    the version records how long it took and the resident memory it added."""
     where = f"model '{spec.name}' version {version}"
     path = model_dir / str(version) / spec.model_filename
     if not path.is_file():
         raise ModelLoadError(f"{where}: {path} does not exist")
+    files = folder_bytes(path.parent)
+    refusal = MemoryBudget(settings.memory_limit).refusal(where, files, len(spec.instances))
+    if refusal is not None:
+        raise ModelLoadError(refusal)
+    start, resident = time.perf_counter(), resident_bytes()
+    loaded = _load(model_dir, spec, version, settings, path, where)
+    loaded.footprint = LoadFootprint(time.perf_counter() - start, max(resident_bytes() - resident, 0), files)
+    return loaded
+
+
+def _load(
+    model_dir: Path, spec: cfg.ModelSpec, version: int, settings: LoaderSettings, path: Path, where: str
+) -> ModelVersion:
     stamp = version_stamp(model_dir, version)
     models = [OnnxModel(path, _options(spec, kind, settings), where) for kind in spec.instances]
     config, signature = cfg.complete(spec, models[0].signature, model_dir, version)

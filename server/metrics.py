@@ -98,7 +98,23 @@ class _RegistryCollector(Collector):
             failures.add_metric([model, str(version)], count)
         yield state
         yield failures
+        yield from self._footprints()
         yield from self._rollouts()
+
+    def _footprints(self):
+        """What loading each served version cost (the model_loaded log line says the same)."""
+        seconds = GaugeMetricFamily("modelport_model_load_duration_seconds", "Seconds the served version took to load "
+                                    "(sessions and warm-up)", labels=LABELS)  # fmt: skip
+        memory = GaugeMetricFamily("modelport_model_memory_bytes", "Resident memory the process gained loading the "
+                                   "served version", labels=LABELS)  # fmt: skip
+        files = GaugeMetricFamily("modelport_model_file_bytes", "Bytes of the served version's files (model.onnx and "
+                                  "its external weights)", labels=LABELS)  # fmt: skip
+        for version in self._registry.served():
+            labels = [version.name, str(version.version)]
+            seconds.add_metric(labels, version.footprint.seconds)
+            memory.add_metric(labels, version.footprint.memory_bytes)
+            files.add_metric(labels, version.footprint.file_bytes)
+        yield from (seconds, memory, files)
 
     def _rollouts(self):
         """The share of unversioned traffic each version of a rollout gets, and the decisions in

@@ -230,8 +230,10 @@ class ModelRegistry:
                 served[version] = loaded = await asyncio.to_thread(
                     load_version, directory, spec, version, self.settings
                 )
+                cost = loaded.footprint
                 event(log, logging.INFO, "model_loaded", model=entry.name, version=version,
-                      providers=",".join(loaded.scheduler.instances[0].model.providers))
+                      providers=",".join(loaded.scheduler.instances[0].model.providers),
+                      seconds=round(cost.seconds, 3), memory_bytes=cost.memory_bytes, file_bytes=cost.file_bytes)
             except ModelLoadError as exc:
                 event(log, logging.ERROR, "model_load_failed", model=entry.name, version=version, reason=exc.message)
                 failures[version] = exc.message

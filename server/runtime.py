@@ -127,6 +127,13 @@ class OnnxModel:
         self._plain_inputs = all(t.datatype not in ("BYTES", "BF16") for t in self.signature.inputs)
         self._binding = _binding(self._session) if self._plain_inputs else None
 
+    def release(self) -> None:
+        """Drop the session (and with it the weights) now, not whenever the last reference to this
+        object goes: a hot swap of a large model then holds both versions' weights only for the
+        swap itself. Nothing may run afterwards."""
+        self._session = None
+        self._binding = None
+
     def run(self, inputs: Mapping[str, tuple[str, np.ndarray]], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """Run the session on already validated inputs; returns the requested outputs, wire-ready."""
         if self._plain_inputs:

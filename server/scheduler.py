@@ -144,8 +144,9 @@ class Instance:
         return results, start, time.perf_counter_ns() - start
 
     def close(self) -> None:
-        """Let queued work finish, then stop the thread."""
+        """Let queued work finish, stop the thread, and free the session's memory."""
         self._executor.shutdown(wait=True)
+        self.model.release()
 
 
 def _check_deadline(where: str, deadline: float | None) -> None:

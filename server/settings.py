@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -91,6 +91,13 @@ class ServerSettings(BaseSettings):
         1024 * MIB, "request bytes the server holds at once (queued or running, all models); past it new "
         "requests get RESOURCE_EXHAUSTED, so a flood of large requests meets back-pressure instead of growing "
         "memory (0 = unbounded)", metavar="N", shown="1073741824 (1 GiB)", ge=0,
+    )
+    model_memory_limit: ByteSize | None = option(
+        None, "memory the models of one server process may take: a version whose files (model.onnx and its "
+        "external weights, once per instance) do not fit in what is left of it is refused with a clear load error "
+        "instead of the process being OOM-killed; accepts 8GiB, 500MB or bytes (0 = no check)", metavar="BYTES",
+        shown="the container's memory limit (cgroup; else RAM) less 10% (at least 256 MiB), divided among --workers",
+        ge=0,
     )
     default_request_timeout: float = option(
         0.0, "seconds allowed to requests that carry no deadline; a request still waiting for its model "

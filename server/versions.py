@@ -16,6 +16,17 @@ from .signature import Signature
 from .statistics import VersionStats
 
 
+@dataclass(frozen=True)
+class LoadFootprint:
+    """What loading a version cost: seconds, the resident memory it added (the process's RSS
+    after less before: loads run one at a time per model, so another model loading at the same
+    moment would count here too) and its files' bytes."""
+
+    seconds: float = 0.0
+    memory_bytes: int = 0
+    file_bytes: int = 0
+
+
 @dataclass(eq=False)
 class ModelVersion:
     """One loaded version: sessions behind a scheduler, signature, effective config, statistics.
@@ -34,6 +45,7 @@ class ModelVersion:
     stamp: tuple  # repository.version_stamp when it was loaded
     sampler: Sampler
     drift: DriftTracker | None = None
+    footprint: LoadFootprint = field(default_factory=LoadFootprint)
     in_flight: int = 0
     _idle: asyncio.Event | None = field(default=None, repr=False)
     # What a request that names no outputs gets: all of them (kept, not rebuilt per request).
