@@ -40,7 +40,7 @@ def modelport_command(repository: Path, *extra: str) -> list[str]:
     """`modelport serve` on `repository`, gRPC and metrics on free ports of 127.0.0.1."""
     # INFO: the 'listening on' line is logged at INFO (no per-request lines at INFO, only failures).
     return [sys.executable, "-m", "modelport.client.cli", "serve", "--model-repository", str(repository),
-            "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1", "--log-level", "INFO",
+            "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--host", "127.0.0.1", "--log-level", "INFO",
             *extra]  # fmt: skip
 
 

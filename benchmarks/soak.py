@@ -157,8 +157,8 @@ class ServeProcess:
         script = Path(sys.executable).with_name("modelport")
         command = ([str(script)] if script.exists()
                    else [sys.executable, "-c", "from modelport.client.cli import main; raise SystemExit(main())"])
-        command += ["serve", "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "0",
-                    "--host", "127.0.0.1", *extra_args]  # fmt: skip
+        command += ["serve", "--model-repository", str(repository), "--grpc-port", "0", "--http-port", "0",
+                    "--metrics-port", "0", "--host", "127.0.0.1", *extra_args]  # fmt: skip
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -76,7 +76,7 @@ def _classes(scores: np.ndarray) -> np.ndarray:
 def serve() -> tuple[subprocess.Popen, str]:
     """Start `modelport serve` on a free port; return the process and its address."""
     command = [sys.executable, "-m", "modelport.client.cli", "serve", "--model-repository", str(REPOSITORY),
-               "--grpc-port", "0", "--metrics-port", "0", "--host", "127.0.0.1"]
+               "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", "--host", "127.0.0.1"]
     print("$ modelport serve --model-repository models --grpc-port 0 --host 127.0.0.1")
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None

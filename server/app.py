@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,6 +34,9 @@ from .rollout_service import RolloutServicer
 from .servicer import InferenceServicer
 from .settings import ServerSettings
 
+if TYPE_CHECKING:
+    from .http import HttpEndpoint
+
 log = logging.getLogger("modelport.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # grpc.health.v1 service for liveness probes: SERVING while the process answers at all (until
@@ -53,6 +57,12 @@ class RunningServer:
 
     poller: asyncio.Task | None = None
     metrics_port: int | None = None
+    http: HttpEndpoint | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound HTTP/REST port (None with --allow-http false)."""
+        return self.http.port if self.http is not None else None
 
     async def stop(self, grace: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace`."""
@@ -60,7 +70,10 @@ class RunningServer:
         if self.poller is not None:
             self.poller.cancel()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if self.http is not None:
+            await asyncio.gather(self.server.stop(grace), self.http.stop())
+        else:
+            await self.server.stop(grace)
         await self.quality.close()  # what waits in the buffer reaches the store
         await self.dataplane.registry.close()
 
@@ -139,11 +152,23 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
              ", ".join(registry.names()) or "none", describe(loop))  # fmt: skip
     quality.start()
     running = RunningServer(server, port, dataplane, health, quality)
+    if settings.allow_http:
+        running.http = await _start_http(dataplane, settings)
     if settings.allow_metrics:
         running.metrics_port = MetricsEndpoint(registry, dataplane, quality).serve(settings.host, settings.metrics_port)
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")
     return running
+
+
+async def _start_http(dataplane: DataPlane, settings: ServerSettings) -> HttpEndpoint:
+    """The HTTP/REST binding on the same loop and data plane (workers share its port)."""
+    from .http import HttpEndpoint  # aiohttp loads only when HTTP is served
+
+    endpoint = HttpEndpoint(dataplane, settings)
+    port = await endpoint.start(settings.host, settings.http_port, reuse_port=settings.workers > 1)
+    log.info("HTTP/REST on %s:%d", settings.host, port)
+    return endpoint
 
 
 def _connection_age(settings: ServerSettings) -> list[tuple[str, int]]:

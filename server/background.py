@@ -19,6 +19,7 @@ class BackgroundServer:
     def __init__(self, model_repository: Path | str, **settings: Any) -> None:
         settings.setdefault("grpc_port", 0)
         settings.setdefault("metrics_port", 0)
+        settings.setdefault("http_port", 0)
         settings.setdefault("host", "127.0.0.1")
         self.settings = ServerSettings(model_repository=Path(model_repository), **settings)
         self._loop = loop_factory(self.settings.event_loop)()
@@ -36,6 +37,12 @@ class BackgroundServer:
         """"host:port" to connect to."""
         assert self.running is not None, "server not started"
         return f"{self.settings.host}:{self.running.port}"
+
+    @property
+    def http_url(self) -> str:
+        """"http://host:port" of the HTTP/REST binding."""
+        assert self.running is not None and self.running.http_port, "server not started, or HTTP is off"
+        return f"http://{self.settings.host}:{self.running.http_port}"
 
     def stop(self, grace: float | None = 0) -> None:
         """Drain within `grace` seconds, then stop the loop and its thread."""

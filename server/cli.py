@@ -71,7 +71,8 @@ def _argument(field: FieldInfo) -> dict[str, Any]:
     kind, repeated = _kind(field.annotation)
     required = field.is_required()
     default = "" if required else f" (default {shown_default(field)})"
-    kwargs: dict[str, Any] = {"help": f"{field.description}{default}", "required": required}
+    # argparse formats help texts with %: a literal one ("less 10%") must be doubled.
+    kwargs: dict[str, Any] = {"help": f"{field.description}{default}".replace("%", "%%"), "required": required}
     if repeated:
         kwargs["action"] = "append"
     if typing.get_origin(kind) is typing.Literal:

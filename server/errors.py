@@ -1,4 +1,4 @@
-"""Domain errors and the one place where they become gRPC status codes.
+"""Domain errors and the one place where they become gRPC status codes (and HTTP statuses).
 
 The data plane raises these; `rpc_errors` maps them for every servicer. Messages name the model,
 the tensor and what was expected, because that message is all a remote caller sees.
@@ -88,6 +88,31 @@ class Unimplemented(ModelportError):
     """An RPC the protocol declares and modelport does not implement."""
 
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+# The HTTP status of each gRPC status code, as Triton's HTTP server maps the same errors (not
+# found 404, unavailable 503, unimplemented 501, internal 500, the caller's mistakes 400), plus
+# the statuses HTTP has for what Triton has no code for.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ALREADY_EXISTS: 400,
+    grpc.StatusCode.CANCELLED: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    """The HTTP status an error with gRPC status `code` is answered with."""
+    return HTTP_STATUS.get(code, 500)
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

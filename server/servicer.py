@@ -126,7 +126,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc_errors
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
         versions = self._dp.statistics(request.name, request.version)
-        return pb.ModelStatisticsResponse(model_stats=[_statistics(v) for v in versions])
+        return pb.ModelStatisticsResponse(model_stats=[statistics_message(v) for v in versions])
 
     @rpc_errors
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
@@ -175,7 +175,8 @@ def _duration(d: Duration) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=d.count, ns=d.ns)
 
 
-def _statistics(version: ModelVersion) -> pb.ModelStatistics:
+def statistics_message(version: ModelVersion) -> pb.ModelStatistics:
+    """One version's statistics as the protocol's message (gRPC, and the HTTP binding's JSON)."""
     s = version.stats
     return pb.ModelStatistics(
         name=version.name,

@@ -33,6 +33,9 @@ class ServerSettings(BaseSettings):
     model_repository: Path = option(..., "the model repository: `<name>/<version>/model.onnx`", metavar="DIR")
     grpc_port: int = option(8001, "gRPC port; 0 picks a free one (the log line `listening on HOST:PORT` tells which)",
                             metavar="N", ge=0, le=65535)  # fmt: skip
+    http_port: int = option(8000, "HTTP/REST port of the Open Inference Protocol (0 picks a free one; with --workers N "
+                            "the workers share it)", metavar="N", ge=0, le=65535)  # fmt: skip
+    allow_http: bool = option(True, "serve the HTTP/REST binding beside gRPC (same data plane, limits, auth and TLS)")
     host: str = option("0.0.0.0", "address to bind", metavar="ADDR")
     # 64 MiB: a 224x224x3 FP32 batch of 64 (~38.5 MiB) fits with room for the envelope.
     max_message_bytes: int = option(

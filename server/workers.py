@@ -47,7 +47,12 @@ def supervise(settings: ServerSettings) -> int:
     """Start the workers, restart any that dies, forward SIGTERM/SIGINT, wait for them to drain."""
     holder = reserve_port(settings.host, settings.grpc_port)
     port = holder.getsockname()[1]
-    worker_settings = settings.model_copy(update={"grpc_port": port})
+    update = {"grpc_port": port}
+    http_holder = None
+    if settings.allow_http:  # the HTTP port is shared the same way
+        http_holder = reserve_port(settings.host, settings.http_port)
+        update["http_port"] = http_holder.getsockname()[1]
+    worker_settings = settings.model_copy(update=update)
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -81,6 +86,8 @@ def supervise(settings: ServerSettings) -> int:
         if process.is_alive():
             process.kill()
     holder.close()
+    if http_holder is not None:
+        http_holder.close()
     codes = [p.exitcode for p in workers]
     log.info("supervisor: workers exited with %s", codes)
     return 0 if all(c == 0 for c in codes) else 1

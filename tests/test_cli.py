@@ -27,8 +27,8 @@ class ServerProcess:
 
     def __init__(self, repository: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [*CLI, "serve", "--model-repository", str(repository), "--grpc-port", "0", "--metrics-port", "0",
-             "--host", "127.0.0.1", *extra],
+            [*CLI, "serve", "--model-repository", str(repository), "--grpc-port", "0", "--http-port", "0",
+             "--metrics-port", "0", "--host", "127.0.0.1", *extra],
             stderr=subprocess.PIPE,
             text=True,
         )
