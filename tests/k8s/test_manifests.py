@@ -305,9 +305,10 @@ def test_ports_match(rendered, target):
     objects = rendered[target]
     c = server(objects)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": 8001, "metrics": 8002}
+    assert ports == {"grpc": 8001, "http": 8000, "metrics": 8002}
     settings = config(objects)
     assert int(settings["MODELPORT_GRPC_PORT"]) == ports["grpc"]
+    assert int(settings["MODELPORT_HTTP_PORT"]) == ports["http"]
     assert int(settings["MODELPORT_METRICS_PORT"]) == ports["metrics"]
     for service in (one(objects, "Service", name) for name in server_services(objects)):
         for port in service["spec"]["ports"]:
@@ -316,11 +317,11 @@ def test_ports_match(rendered, target):
                 f"{service['metadata']['name']}: {target_port}"
             )
             container_port = ports[target_port] if isinstance(target_port, str) else target_port
-            protocol = {ports["grpc"]: "grpc", ports["metrics"]: "http"}[container_port]
+            protocol = {ports["grpc"]: "grpc", ports["http"]: "http", ports["metrics"]: "http"}[container_port]
             assert port["appProtocol"] == protocol
     policy = one(objects, "NetworkPolicy", "modelport")
     allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert allowed == {"grpc", "metrics"} or allowed == set(ports.values())
+    assert allowed == {"grpc", "http", "metrics"} or allowed == set(ports.values())
     assert policy["spec"]["policyTypes"] == ["Ingress"]
 
 
