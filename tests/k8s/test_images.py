@@ -67,7 +67,7 @@ def test_server_images(name, extra):
     assert users and not users[-1].startswith(("root", "0")), "runs as a non-root user"
     assert ("ENTRYPOINT", '["modelport"]') in steps
     assert ("CMD", '["serve", "--model-repository", "/models"]') in steps
-    assert ("EXPOSE", "8001 8002") in steps
+    assert ("EXPOSE", "8000 8001 8002") in steps
 
 
 def test_converter_image():
