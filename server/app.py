@@ -30,6 +30,7 @@ from .metrics import MetricsEndpoint
 from .observers import PredictedClassCounter
 from .quality import QualityMonitor
 from .registry import ModelRegistry
+from .repository import serving_root
 from .rollout_service import RolloutServicer
 from .servicer import InferenceServicer
 from .settings import ServerSettings
@@ -121,7 +122,8 @@ def add_services(server, dataplane: DataPlane, quality: QualityMonitor) -> Healt
 async def start_server(settings: ServerSettings, registry: ModelRegistry | None = None) -> RunningServer:
     """Load the repository (unless a registry is given), bind, start serving."""
     if registry is None:
-        registry = ModelRegistry(settings.model_repository, LoaderSettings.of(settings))
+        root = serving_root(settings.model_repository, settings.model_name)  # a KServe /mnt/models too
+        registry = ModelRegistry(root, LoaderSettings.of(settings))
         await registry.load_all(_startup_models(settings))
     dataplane, quality = build_dataplane(settings, registry)
     interceptors = (

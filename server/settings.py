@@ -31,6 +31,11 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELPORT_", protected_namespaces=())
 
     model_repository: Path = option(..., "the model repository: `<name>/<version>/model.onnx`", metavar="DIR")
+    model_name: str | None = option(
+        None, "the model's name when --model-repository holds one model's files instead of a repository (KServe's "
+        "/mnt/models: model.onnx itself, or its version folders); ignored for a repository", metavar="NAME",
+        shown="config.pbtxt's name, else the folder's",
+    )
     grpc_port: int = option(8001, "gRPC port; 0 picks a free one (the log line `listening on HOST:PORT` tells which)",
                             metavar="N", ge=0, le=65535)  # fmt: skip
     http_port: int = option(8000, "HTTP/REST port of the Open Inference Protocol (0 picks a free one; with --workers N "

@@ -36,7 +36,7 @@ def help_flags() -> dict[str, str]:
         long = [o for o in action.option_strings if o.startswith("--")]
         if not long or long[0] == "--help":
             continue
-        match = re.search(r"\(default (.*)\)$", action.help or "")
+        match = re.search(r"\(default (.*)\)$", (action.help or "").replace("%%", "%"))  # argparse escaping
         flags[long[0]] = match.group(1) if match else "(required)"
     return flags
 
