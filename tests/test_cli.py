@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +197,14 @@ def test_workers_share_the_port_and_are_restarted(repo: Path) -> None:
         for _ in range(10):  # fresh connections land on either worker
             with Client(server.address) as client:
                 assert client.predict("scale", np.ones((1, 3)))[0, 0] == 2.0
+        _wait_for(lambda: sum("HTTP/REST on" in line for line in server.log) == 2)
+        http_ports = {re.search(r"HTTP/REST on \S+:(\d+)", line).group(1) for line in server.log if "HTTP/REST" in line}
+        assert len(http_ports) == 1, "the workers share the HTTP port too"
+        body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 1, 1]}]}'
+        url = f"http://127.0.0.1:{http_ports.pop()}/v2/models/scale/infer"
+        for _ in range(10):  # a new connection each time (urllib closes it): either worker answers
+            answer = json.loads(urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30).read())
+            assert answer["outputs"][0]["data"] == [2.0, 2.0, 2.0]
         pids = _worker_pids(server.proc.pid)
         assert len(pids) == 2
         os.kill(pids[0], signal.SIGKILL)
