@@ -17,6 +17,7 @@ from modelport.protocol.generated import model_config_pb2 as mc
 from modelport.protocol.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILE, PLATFORM
 from modelport.protocol.types import TensorSpec
 
+from . import padding
 from .errors import ModelLoadError
 from .scheduler import BatchingPolicy
 from .signature import Signature
@@ -143,7 +144,14 @@ def _instances(config: mc.ModelConfig) -> tuple[str, ...]:
 
 def _batching(name: str, config: mc.ModelConfig) -> BatchingPolicy | None:
     """The dynamic batching policy, or None: no dynamic_batching block means no batching (as in Triton)."""
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    declared = padding.parse(name, params)
     if not config.HasField("dynamic_batching"):
+        if declared is not None:
+            raise ModelLoadError(
+                f"model '{name}': parameter {padding.PAD_INPUTS} needs dynamic_batching: only the dynamic "
+                "batcher merges requests of different lengths"
+            )
         return None
     if config.max_batch_size <= 0:
         raise ModelLoadError(f"model '{name}': dynamic_batching needs max_batch_size > 0")
@@ -154,6 +162,7 @@ def _batching(name: str, config: mc.ModelConfig) -> BatchingPolicy | None:
         preferred_batch_sizes=tuple(batching.preferred_batch_size),
         max_queue_size=batching.default_queue_policy.max_queue_size,
         pad_batches=_pad_param(name, config),
+        padding=declared,
     )
 
 
@@ -191,7 +200,10 @@ def complete(
     outputs = _complete_tensors(where, "output", config.output, onnx.outputs, batch, required_all=False)
     labels = _labels(model_dir, config, [t.name for t in outputs])
     outputs = tuple(TensorSpec(t.name, t.datatype, t.shape, labels.get(t.name, ())) for t in outputs)
-    return config, Signature(inputs, outputs)
+    signature = Signature(inputs, outputs)
+    if spec.batching is not None and spec.batching.padding is not None:
+        spec.batching.padding.check(where, signature)  # against this version's tensors
+    return config, signature
 
 
 def _complete_tensors(
