@@ -81,6 +81,16 @@ def channel_spec(
     return ChannelSpec(url, tuple(options), credentials)
 
 
+def is_http(url: object) -> bool:
+    """Whether `url` names the HTTP/REST binding (http:// or https://) rather than a gRPC target."""
+    if isinstance(url, str):
+        return url.lower().startswith(("http://", "https://"))
+    if any(isinstance(u, str) and is_http(u) for u in url or ()):  # type: ignore[union-attr]
+        raise ValueError("over HTTP the client takes one URL; client-side load balancing over several "
+                         "addresses is a gRPC feature (pass host:port addresses)")  # fmt: skip
+    return False
+
+
 def _read(value: bytes | str | Path | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value

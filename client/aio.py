@@ -18,12 +18,20 @@ from modelport.protocol.generated import rollout_pb2 as ro
 from modelport.protocol.generated import rollout_pb2_grpc as ro_grpc
 from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ModelQuality, ServerMetadata
 
-from ._common import channel_spec, chunks, label_request, predict_plan, prepare
+from ._common import channel_spec, chunks, is_http, label_request, predict_plan, prepare
 from .errors import InferenceServerError
 
 
 class AsyncClient:
     """`Client` for asyncio code: `await client.predict("mlp", x)`; use `async with`."""
+
+    def __new__(cls, url: str | Sequence[str] | None = None, *args: Any, **kwargs: Any) -> AsyncClient:
+        # As Client: http(s):// URLs get the HTTP/REST transport (client/http.py).
+        if cls is AsyncClient and is_http(url):
+            from .http import AsyncHttpClient
+
+            cls = AsyncHttpClient
+        return super().__new__(cls)
 
     def __init__(
         self, url: str | Sequence[str], *, timeout: float | None = None, token: str | None = None, **channel: Any

@@ -12,6 +12,10 @@ their latency samples back.
 
     request = infer_request("mlp", random_inputs(meta.inputs, batch=8))
     results = sweep("localhost:8001", request, [1, 8, 32], seconds=5, warmup=1, batch=8)
+    results = sweep("http://localhost:8000", request, [16], seconds=5)   # the HTTP/REST binding
+
+Over HTTP/REST (an http:// URL) the same loop runs on keep-alive connections of aiohttp's client,
+one per outstanding request, with the request's binary-extension body made once (bench_http.py).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from modelport.protocol import codec, datatypes
 from modelport.protocol.arrays import load_arrays, select_inputs
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.types import TensorSpec
+
+from ._common import is_http
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 REQUESTS_PER_CHANNEL = 8
@@ -348,6 +354,18 @@ class _LoadGenerator:
             await channel.close()
 
 
+def load_generator(url: str, request: Any, timeout: float | None, per_channel: int) -> _LoadGenerator:
+    """The load generator for `url`'s transport: gRPC channels, or HTTP/REST connections for an
+    http(s):// URL (bench_http.py)."""
+    if is_http(url):
+        from .bench_http import HttpLoadGenerator
+
+        return HttpLoadGenerator(url, request, timeout, per_channel)
+    if not isinstance(request, bytes):
+        raise TypeError(f"a gRPC load needs a ModelInferRequest (or its bytes), got {type(request).__name__}")
+    return _LoadGenerator(url, request, timeout, per_channel)
+
+
 # ---------------------------------------------------------------- in this process
 
 
@@ -392,7 +410,7 @@ async def sweep_async(
     on_level: Callable[[LevelResult], None] | None = None,
 ) -> list[LevelResult]:
     """`sweep` with one process, on the running event loop."""
-    gen = _LoadGenerator(url, _payload(request), timeout, requests_per_channel)
+    gen = load_generator(url, _payload(request), timeout, requests_per_channel)
     results = []
     try:
         for concurrency in concurrencies:
@@ -420,7 +438,7 @@ def _process_main(conn, url: str, request: bytes, timeout: float | None, per_cha
 
 
 async def _process_loop(conn, url: str, request: bytes, timeout: float | None, per_channel: int, counters) -> None:
-    gen = _LoadGenerator(url, request, timeout, per_channel)
+    gen = load_generator(url, request, timeout, per_channel)
     conn.send("ready")
     try:
         while (command := await asyncio.to_thread(conn.recv)) is not None:
@@ -570,7 +588,9 @@ def sweep(
 ) -> list[LevelResult]:
     """Run every concurrency level in turn and return their results.
 
-    `request` is sent as is to every call (bytes, or a message serialized once). `batch` is the
+    `url` is a gRPC address (host:port) or an HTTP/REST one (http://host:port, bench_http.py).
+    `request` is sent as is to every call (bytes, or a message serialized once); over HTTP it
+    becomes a binary-extension body once, or is a bench_http.HttpInfer made by the caller. `batch` is the
     number of items per request, for items/s. `processes` > 1 runs the load from that many worker
     processes; 1 runs it on an event loop in this process. `progress` is called a few times a
     second while a level runs, `on_level` after each level.
@@ -579,6 +599,10 @@ def sweep(
         raise ValueError("seconds must be > 0 and warmup >= 0")
     if any(c < 1 for c in concurrencies):
         raise ValueError(f"concurrency levels must be >= 1, got {list(concurrencies)}")
+    if is_http(url):  # say it here rather than from every worker process
+        from .bench_http import require_aiohttp
+
+        require_aiohttp()
     if processes <= 1:
         return asyncio.run(
             sweep_async(
@@ -616,5 +640,6 @@ def run_level(
     return sweep(url, request, [concurrency], seconds, warmup, **options)[0]
 
 
-def _payload(request: bytes | pb.ModelInferRequest) -> bytes:
-    return request if isinstance(request, bytes) else request.SerializeToString()
+def _payload(request: bytes | pb.ModelInferRequest | Any) -> Any:
+    """What a load generator sends: bytes, or an HTTP request made once (bench_http.HttpInfer)."""
+    return request.SerializeToString() if isinstance(request, pb.ModelInferRequest) else request

@@ -20,11 +20,16 @@ EPILOG = """examples:
   modelport bench --url localhost:8001 --model mlp --batch 16 --concurrency 1:64:x2 --processes 4 \\
       --json mlp.json --csv mlp.csv --plot mlp.png
   modelport bench --url localhost:8001 --model resnet --input batch.npz --concurrency 4
+  modelport bench --url http://localhost:8000 --model mlp --concurrency 16   # the HTTP/REST binding
 
 For each concurrency level C, C requests are outstanding at all times (as Triton's perf_analyzer
 --concurrency-range does); after --warmup seconds, the requests completing within the next
 --seconds count. Inputs are random data shaped from the model's metadata (the batch dimension is
 --batch, other dynamic dimensions 1 unless --shape sets them), or the arrays of --input.
+An http:// (or https://) --url loads the HTTP/REST binding instead of gRPC: the same loop, with
+the request's binary-extension body made once and one keep-alive connection per outstanding
+request (needs aiohttp, which the server extra installs); errors count under the gRPC status
+their HTTP status stands for.
 Exit status: 0 when the run completed (even with some errors), 1 when every request failed or
 the model cannot be reached, 2 for bad arguments.
 """
@@ -63,7 +68,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=positive_int, default=1,
                    help="client worker processes sharing each level's concurrency (default 1: this process)")
     p.add_argument("--requests-per-channel", type=positive_int, default=8,
-                   help="outstanding requests per gRPC channel/connection (default 8)")
+                   help="outstanding requests per gRPC channel/connection (default 8; over HTTP/1.1 always 1)")
+    p.add_argument("--http-body", choices=["binary", "json"], default="binary",
+                   help="with an http:// --url: tensors in the binary extension (default) or as JSON lists, "
+                        "for servers without the extension (MLServer)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write the results (levels and run metadata) as JSON")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write one CSV row per level")
     p.add_argument("--plot", type=Path, metavar="FILE.png",
@@ -118,13 +126,23 @@ def parse_shapes(items: Sequence[str]) -> dict[str, list[int]]:
 def run(args: argparse.Namespace) -> int:
     """Prepare the request, run the sweep, print and save the results."""
     from . import bench
+    from ._common import is_http
+    from .bench_http import http_infer, require_aiohttp
 
     if args.plot is not None and not _have_matplotlib():
         raise ValueError("--plot needs matplotlib, which is not installed (pip install matplotlib)")
     if args.warmup < 0:
         raise ValueError("--warmup must be >= 0")
+    if is_http(args.url):
+        require_aiohttp()  # before anything is sent or printed
     request, batch, description = _prepare(args)
+    http = is_http(args.url)
+    if http:  # the HTTP request, made once: what every call sends
+        request = http_infer(request, args.timeout, binary=args.http_body == "binary")
+    request_bytes = len(request.body) if http else len(request)
     meta = {
+        "protocol": "http" if http else "grpc",
+        "http_body": args.http_body if http else None,
         "model": args.model,
         "model_version": args.model_version,
         "url": args.url,
@@ -136,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         "requests_per_channel": args.requests_per_channel,
         "timeout": args.timeout,
         "inputs": description,
-        "request_bytes": len(request),
+        "request_bytes": request_bytes,
         "request_id": args.request_id,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "client_host": platform.node(),
@@ -144,12 +162,14 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     print(
         f"modelport bench: model '{args.model}'{' version ' + args.model_version if args.model_version else ''} at "
-        f"{args.url}; batch {batch}; {_inputs_line(description)}; request {len(request)} bytes",
+        f"{args.url}; batch {batch}; {_inputs_line(description)}; request {request_bytes} bytes",
         file=out,
     )
+    per_connection = ("HTTP/1.1, one connection per outstanding request" if http
+                      else f"{args.requests_per_channel} requests per channel")  # fmt: skip
     print(
         f"{args.warmup:g} s warm-up + {args.seconds:g} s per level; {args.processes} client process(es), "
-        f"{args.requests_per_channel} requests per channel",
+        f"{per_connection}",
         file=out,
     )
     print(format_header(), file=out, flush=True)
@@ -215,6 +235,9 @@ def _prepare(args: argparse.Namespace) -> tuple[bytes, int, dict[str, Any]]:
             print(f"warning: no metadata for model '{args.model}' ({exc}); sending {args.input.name} as it is",
                   file=sys.stderr)
             meta = None
+    if meta is not None and not meta.inputs and args.input is None:
+        raise _Unreachable(f"the metadata of model '{args.model}' at {args.url} lists no inputs: pass --input "
+                           "FILE.npz to say what to send")  # fmt: skip
     if args.input is not None:
         if args.batch is not None or shapes:
             print("warning: --batch and --shape are ignored with --input (the arrays' shapes are sent)",

@@ -29,7 +29,8 @@ def add_server_options(
 ) -> None:
     """-u/--url, and -m/--model, -x/--model-version and --timeout (Triton perf_analyzer's short flags)."""
     parser.add_argument("-u", "--url", default="localhost:8001",
-                        help="server address host:port (default localhost:8001)")
+                        help="server address: host:port for gRPC, or http://host:port for the HTTP/REST "
+                             "binding (default localhost:8001)")
     if model:
         parser.add_argument("-m", "--model", required=True, help="model name")
     if version:

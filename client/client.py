@@ -18,7 +18,7 @@ from modelport.protocol.generated import rollout_pb2 as ro
 from modelport.protocol.generated import rollout_pb2_grpc as ro_grpc
 from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ModelQuality, ServerMetadata
 
-from ._common import channel_spec, chunks, label_request, predict_plan, prepare
+from ._common import channel_spec, chunks, is_http, label_request, predict_plan, prepare
 from .errors import InferenceServerError
 
 
@@ -30,10 +30,20 @@ class Client:
     >>> client.infer("mlp", {"features": x})       # {output name: array}
     >>> client.model("mlp").predict(x)
 
-    `url` may be "host:port", "dns:///name:port" or a list of addresses (round-robin);
+    `url` may be "host:port", "dns:///name:port" or a list of addresses (round-robin) for gRPC,
+    or "http://host:8000" / "https://..." for the HTTP/REST binding (the same methods; see
+    client/http.py for what is gRPC-only);
     `timeout` is the default deadline in seconds for every call; TLS with `ssl=True` and the
     optional certificate arguments (bytes or file paths).
     """
+
+    def __new__(cls, url: str | Sequence[str] | None = None, *args: Any, **kwargs: Any) -> Client:
+        # The transport follows the URL's scheme: http(s):// is the HTTP/REST binding (client/http.py).
+        if cls is Client and is_http(url):
+            from .http import HttpClient
+
+            cls = HttpClient
+        return super().__new__(cls)
 
     def __init__(
         self, url: str | Sequence[str], *, timeout: float | None = None, token: str | None = None, **channel: Any

@@ -12,6 +12,7 @@ from .cli_common import add_server_options
 EPILOG = """examples:
   modelport predict --url localhost:8001 --model mlp --input x.npy
   modelport predict --url localhost:8001 --model two_in --input inputs.npz --output out.npz
+  modelport predict --url http://localhost:8000 --model mlp --input x.npy     # over HTTP/REST
 
 A .npy file feeds a single-input model; a .npz file holds one array per input name (or 'x').
 """

@@ -220,6 +220,11 @@ def _numbers(value: Any, descriptor: Descriptor) -> Any:
     for field in descriptor.fields:
         if field.name not in value:
             continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            # A map is {key: value} in JSON; each value converts as the entry message's `value` field.
+            value[field.name] = {key: _numbers({"value": item}, field.message_type)["value"]
+                                 for key, item in value[field.name].items()}  # fmt: skip
+            continue
         items = value[field.name] if _repeated(field) else [value[field.name]]
         if field.type in _INT64:
             items = [int(item) for item in items]

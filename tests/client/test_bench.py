@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,10 @@ import pytest
 
 from modelport.client import Client, TensorInfo, bench
 from modelport.client.bench_cli import COLUMNS, parse_concurrency
+from modelport.client.bench_http import http_infer
 from modelport.client.cli import main
+from modelport.protocol import rest
+from modelport.server.background import BackgroundServer
 from tests import models
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +134,91 @@ def test_plot_needs_matplotlib(repo, start_server, tmp_path, capsys):
         assert code == 2 and "matplotlib" in capsys.readouterr().err and not png.exists()
     else:
         assert code == 0 and png.stat().st_size > 0
+
+
+# ---------------------------------------------------------------- over HTTP/REST
+
+
+@pytest.fixture
+def http_url(repo) -> Iterator[str]:
+    """A real server's HTTP/REST URL (http://127.0.0.1:PORT)."""
+    with BackgroundServer(repo) as server:
+        yield server.http_url
+
+
+def test_http_url_loads_the_http_endpoint(http_url, tmp_path, capsys):
+    out_json, out_csv = tmp_path / "h.json", tmp_path / "h.csv"
+    code = main(["bench", "--url", http_url, "--model", "scale", "--concurrency", "4", "--seconds", "1",
+                 "--warmup", "0.2", "--json", str(out_json), "--csv", str(out_csv)])  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "one connection per outstanding request" in stdout
+    ((concurrency, requests_per_s, *_, errors),) = rows(stdout)
+    assert concurrency == "4" and float(requests_per_s) > 0 and errors == "0"
+    document = json.loads(out_json.read_text())
+    assert document["protocol"] == "http" and document["http_body"] == "binary" and document["url"] == http_url
+    (level,) = document["levels"]
+    assert level["requests"] > 0 and level["errors"] == 0 and level["channels"] == 4  # one connection each
+    assert level["p50_ms"] <= level["p99_ms"] <= level["max_ms"]
+    with out_csv.open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["requests"]) == level["requests"] and row["url"] == http_url
+
+
+def test_http_errors_are_counted_by_status(http_url, tmp_path, capsys):
+    np.savez(tmp_path / "x.npz", x=np.ones((2, 3), np.float32))
+    code = main(["bench", "--url", http_url, "--model", "nope", "--input", str(tmp_path / "x.npz"),
+                 "--concurrency", "2", *FAST])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1
+    (row,) = rows(captured.out)
+    assert int(row[7]) > 0 and float(row[1]) == 0
+    assert re.search(r"NOT_FOUND x\d+: model 'nope' is not found", captured.out)  # as over gRPC
+    assert main(["bench", "--url", http_url, "--model", "nope", *FAST]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_http_sweep_from_worker_processes(http_url):
+    request = bench.infer_request("scale", {"x": np.ones((2, 3), np.float32)})
+    (result,) = bench.sweep(http_url, request, [3], seconds=0.5, warmup=0.1, batch=2, processes=2)
+    assert result.requests > 0 and result.errors == 0 and result.client_processes == 2 and result.channels == 3
+
+
+def test_http_request_is_the_same_request(http_url):
+    """The HTTP body bench sends is the gRPC request's tensors, outputs, id and deadline."""
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    request = bench.infer_request("scale", {"x": x}, version="1", outputs=["y"], request_id="b-1")
+    infer = http_infer(request, timeout=2.5)
+    assert infer.path == "/v2/models/scale/versions/1/infer"
+    header_length = int(infer.headers[rest.HEADER_LENGTH])
+    header, binary = rest.split_body(infer.body, header_length)
+    assert header["id"] == "b-1" and header["outputs"] == [{"name": "y"}]
+    assert header["parameters"] == {"binary_data_output": True, "timeout": 2_500_000}
+    assert bytes(binary) == x.tobytes()
+    with urllib.request.urlopen(urllib.request.Request(http_url + infer.path, infer.body, infer.headers)) as answer:
+        got = rest.decode_response(answer.read(), int(answer.headers[rest.HEADER_LENGTH]))
+    np.testing.assert_array_equal(got["y"], 2 * x)
+
+
+def test_http_json_bodies_for_servers_without_the_binary_extension(http_url, tmp_path):
+    request = bench.infer_request("scale", {"x": np.ones((1, 3), np.float32)})
+    infer = http_infer(request, binary=False)
+    assert rest.HEADER_LENGTH not in infer.headers and infer.headers["Content-Type"] == rest.JSON_TYPE
+    assert json.loads(infer.body)["inputs"][0]["data"] == [1.0, 1.0, 1.0]
+    out_json = tmp_path / "j.json"
+    assert main(["bench", "--url", http_url, "--model", "scale", "--http-body", "json", "--concurrency", "2",
+                 "--seconds", "0.5", "--warmup", "0.1", "--json", str(out_json)]) == 0  # fmt: skip
+    document = json.loads(out_json.read_text())
+    assert document["protocol"] == "http" and document["http_body"] == "json"
+    (level,) = document["levels"]
+    assert level["requests"] > 0 and level["errors"] == 0
+
+
+def test_http_without_aiohttp_says_how_to_get_it(http_url, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if not installed: importing it fails
+    assert main(["bench", "--url", http_url, "--model", "scale", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "pip install aiohttp" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------- the minimal stub
