@@ -11,10 +11,12 @@ the "all" level adds layout transforms tied to the machine that ran it).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,9 +26,9 @@ import onnxruntime as ort
 
 from modelport.protocol.arrays import load_arrays, select_inputs
 from modelport.protocol.classes import decode_predictions
-from modelport.protocol.repository import CONVERSION_FILE, MODEL_FILE, version_folders
+from modelport.protocol.repository import CONVERSION_FILE, MODEL_DATA_FILE, MODEL_FILE, version_folders
 
-from . import publish
+from . import onnx_files, publish
 
 METHODS = ("int8-dynamic", "int8-static", "fp16", "optimize")
 
@@ -105,61 +107,134 @@ def compress(
         raise ValueError(
             f"{model_dir}: no version {from_version if from_version else ''} to compress; found {versions}"
         )
-    source_path = model_dir / str(source) / MODEL_FILE
-    original = source_path.read_bytes()
-    session = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
-    inputs = [i.name for i in session.get_inputs()]
+    source_dir = model_dir / str(source)
+    source_path = source_dir / MODEL_FILE
+    external = _uses_external_data(source_path)
+    inputs = [i.name for i in _session(source_path).get_inputs()]
     calib = _load_inputs(calibration, inputs) if calibration else None
     if method == "int8-static" and calib is None:
         raise ValueError("int8-static needs --calibration data (an .npz of representative inputs)")
-    say(f"[1/3] {method}: compressing {source_path}")
-    compressed = _apply(method, source_path, calib)
-    say("[2/3] accuracy gate")
-    report = _gate(method, source, original, compressed, eval_data, calib, inputs, max_accuracy_drop, threshold)
-    if report.drop > max_accuracy_drop:
-        raise AccuracyGateError(
-            f"{report.metric} dropped from {report.before:.4f} to {report.after:.4f} ({report.drop:.4f} > allowed "
-            f"{max_accuracy_drop:.4f}) on {report.gate_data}; nothing was published"
-        )
     version = publish.choose_version(model_dir, None)
-    say(f"[3/3] publishing {model_dir / str(version)}")
-    record = _record(model_dir / str(source), report)
-    publish.publish(model_dir, version, onnx.load_from_string(compressed), record)
+    with publish.Staging(model_dir, version) as staging, _workspace(model_dir) as work:
+        say(f"[1/3] {method}: compressing {source_path}{' (external data)' if external else ''}")
+        _apply(method, source_path, calib, staging.model_path, external, work)
+        say("[2/3] accuracy gate")
+        report = _gate(method, source, source_path, staging.model_path, eval_data, calib, inputs, max_accuracy_drop,
+                       threshold)  # fmt: skip
+        if report.drop > max_accuracy_drop:
+            raise AccuracyGateError(
+                f"{report.metric} dropped from {report.before:.4f} to {report.after:.4f} ({report.drop:.4f} > allowed "
+                f"{max_accuracy_drop:.4f}) on {report.gate_data}; nothing was published"
+            )
+        say(f"[3/3] publishing {model_dir / str(version)}")
+        staging.commit(_record(source_dir, report))
     for line in report.lines():
         say(f"      {line}")
     return version, report
 
 
-def _apply(method: str, source: Path, calibration: dict[str, np.ndarray] | None) -> bytes:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.onnx"
-        if method == "int8-dynamic":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+def _uses_external_data(model_path: Path) -> bool:
+    """Whether a published model keeps tensors in external data (then so does its compressed version)."""
+    return bool(_data_files(model_path))
 
-            quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8)
-        elif method == "int8-static":
-            from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-            from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            prepared = Path(tmp) / "prepared.onnx"
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared), str(out), _Reader(calibration or {}), quant_format=QuantFormat.QDQ,
-                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            )
-        elif method == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+def _data_files(model_path: Path) -> list[str]:
+    """The external data files a model's tensors refer to (names in its folder)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = sorted({onnx_files.external_info(t).get("location", "") for t in onnx_files.tensors(model.graph)
+                    if onnx_files.is_external(t)})  # fmt: skip
+    for name in names:
+        if not name or Path(name).name != name:
+            raise ValueError(f"{model_path}: external data location {name!r} is not a file beside the model")
+    return names
 
-            onnx.save(convert_float_to_float16(onnx.load(source), keep_io_types=True), out)
-        else:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            options.optimized_model_filepath = str(out)
-            ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        model = onnx.load(out)
-        model.ir_version = min(model.ir_version, 10)
-        _compact_names(model)
-        return model.SerializeToString()
+
+@contextmanager
+def _workspace(model_dir: Path) -> Iterator[Path]:
+    """A hidden folder in the model folder for the tools' temporary files (removed afterwards):
+    ONNX Runtime's quantizers write theirs beside the model they are given, which must not be a
+    published version folder."""
+    work = Path(tempfile.mkdtemp(prefix=".tmp-work-", dir=model_dir))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _copy_source(source: Path, work: Path) -> Path:
+    """The source model and its external data files copied into `work` (in the kernel: no copy of
+    the weights in memory). Not hard links: onnx refuses external data with more than one link."""
+    for name in (MODEL_FILE, *_data_files(source)):
+        shutil.copyfile(source.parent / name, work / name)
+    return work / MODEL_FILE
+
+
+def _apply(
+    method: str, source: Path, calibration: dict[str, np.ndarray] | None, out: Path, external: bool, work: Path
+) -> None:
+    """Write `source` compressed by `method` to `out`, with its weights in out's folder as
+    model.onnx.data when `external` (the source's layout); temporary files go to `work`."""
+    if method == "int8-dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(_copy_source(source, work)), str(out), weight_type=QuantType.QInt8,
+                         use_external_data_format=external)  # fmt: skip
+    elif method == "int8-static":
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = work / "prepared.onnx"
+        quant_pre_process(str(_copy_source(source, work)), str(prepared), skip_symbolic_shape=True,
+                          save_as_external_data=external, all_tensors_to_one_file=True,
+                          external_data_location="prepared.onnx.data")  # fmt: skip
+        quantize_static(
+            str(prepared), str(out), _Reader(calibration or {}), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            use_external_data_format=external,
+        )  # fmt: skip
+    elif method == "fp16":
+        _fp16(source, out, external, work)
+    else:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(out)
+        if external:
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", MODEL_DATA_FILE)
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             str(onnx_files.INLINE_MAX))  # fmt: skip
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    _finish(out)
+
+
+def _fp16(source: Path, out: Path, external: bool, work: Path) -> None:
+    """Weights and compute in float16, inputs and outputs kept float32. A model with external data
+    is shape-inferred by path (in-memory inference refuses models over 2 GiB), its weights read from
+    the source folder and written to out's model.onnx.data."""
+    from onnx.external_data_helper import load_external_data_for_model
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    if not external:
+        onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), str(out))
+        return
+    inferred = work / "inferred.onnx"
+    onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
+    model = onnx.load(str(inferred), load_external_data=False)
+    load_external_data_for_model(model, str(source.parent))
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    with onnx_files.DataWriter(out.parent) as writer:
+        writer.externalize(onnx_files.initializers(model.graph))
+    onnx.save(model, str(out))
+
+
+def _finish(out: Path) -> None:
+    """Cap the IR version for ONNX Runtime and shorten internal names. The graph alone is
+    rewritten: tensors in external data stay where the tool wrote them. (No onnx.checker: the fp16
+    converter appends its Cast nodes out of topological order, which ONNX Runtime, the gate's
+    judge, sorts itself.)"""
+    model = onnx.load(str(out), load_external_data=False)
+    model.ir_version = min(model.ir_version, 10)
+    _compact_names(model)
+    onnx.save(model, str(out))
 
 
 def _compact_names(model: onnx.ModelProto) -> None:
@@ -201,8 +276,18 @@ def _load_inputs(path: str | Path, inputs: list[str]) -> dict[str, np.ndarray]:
     return select_inputs(load_arrays(path), inputs, str(path))
 
 
-def _run(model: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+def _session(model: Path) -> ort.InferenceSession:
+    """From the file: ONNX Runtime finds external data beside it and maps the weights."""
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+
+def _model_bytes(model: Path) -> int:
+    """A model's size on disk: model.onnx and its external data files."""
+    return model.stat().st_size + sum((model.parent / name).stat().st_size for name in _data_files(model))
+
+
+def _run(model: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    session = _session(model)
     types = {i.name: i.type for i in session.get_inputs()}
     feeds = {k: v.astype(np.float32) if types[k] == "tensor(float)" else v for k, v in feeds.items()}
     return np.asarray(session.run([session.get_outputs()[0].name], feeds)[0])
@@ -239,21 +324,21 @@ def _gate(method, source, original, compressed, eval_data, calib, inputs, max_dr
         )
     sample = feeds
     return CompressionReport(
-        method, source, len(original), len(compressed), metric, b, a, drop, max_drop, gate_data,
+        method, source, _model_bytes(original), _model_bytes(compressed), metric, b, a, drop, max_drop, gate_data,
         [_speed(original, sample, n) for n in (1, 32)], [_speed(compressed, sample, n) for n in (1, 32)],
     )
 
 
-def _random_inputs(model: bytes) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+def _random_inputs(model: Path) -> dict[str, np.ndarray]:
+    session = _session(model)
     rng = np.random.default_rng(0)
     return {i.name: rng.uniform(-1, 1, [256, *[d if isinstance(d, int) else 1 for d in i.shape[1:]]]).astype(np.float32)
             for i in session.get_inputs()}
 
 
-def _speed(model: bytes, sample: dict[str, np.ndarray], batch: int, seconds: float = 0.5) -> Speed:
+def _speed(model: Path, sample: dict[str, np.ndarray], batch: int, seconds: float = 0.5) -> Speed:
     """Closed-loop in-process speed at `batch` rows (rows repeat when the sample is smaller)."""
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    session = _session(model)
     types = {i.name: i.type for i in session.get_inputs()}
     feeds = {k: np.resize(v, (batch, *v.shape[1:])) for k, v in sample.items()}
     feeds = {k: v.astype(np.float32) if types[k] == "tensor(float)" else v for k, v in feeds.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -63,11 +64,16 @@ def random_sample(inputs: list[SourceTensor], rows: int = DEFAULT_ROWS, seed: in
 
 
 def check(
-    source: Source, onnx_bytes: bytes, sample: dict[str, np.ndarray], atol: float, rtol: float, sample_name: str
+    source: Source, model: bytes | str | Path, sample: dict[str, np.ndarray], atol: float, rtol: float,
+    sample_name: str,
 ) -> ParityReport:
-    """Run both on `sample` and compare every output element: |onnx - tf| <= atol + rtol * |tf|."""
+    """Run both on `sample` and compare every output element: |onnx - tf| <= atol + rtol * |tf|.
+
+    `model` is the ONNX file's path (ONNX Runtime then finds external data beside it, and maps the
+    weights from the file rather than copying them) or its serialized bytes."""
     expected = source.predict(sample)
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    model = str(model) if isinstance(model, Path) else model
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, session.run(names, sample)))
     outputs = [_compare(name, expected[name], got[name], atol, rtol) for name in source.outputs]

@@ -1,8 +1,10 @@
 """Publishing into a Triton-layout repository: the next free version, written under a hidden
-name and renamed in (a server never sees half a version), and a config.pbtxt Triton also reads."""
+name and renamed in (a server never sees half a version), the files it holds with their sha256,
+and a config.pbtxt Triton also reads."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,7 +16,16 @@ from google.protobuf import text_format
 
 from modelport.protocol.datatypes import DATATYPE_TO_CONFIG, ONNX_ELEMENT_TO_DATATYPE
 from modelport.protocol.generated import model_config_pb2 as mc
-from modelport.protocol.repository import CONFIG_FILE, CONVERSION_FILE, MODEL_FILE, PLATFORM, version_folders
+from modelport.protocol.repository import (
+    CONFIG_FILE,
+    CONVERSION_FILE,
+    MODEL_DATA_FILE,
+    MODEL_FILE,
+    PLATFORM,
+    version_folders,
+)
+
+_HASH_CHUNK = 8 * 2**20
 
 
 class VersionExists(ValueError):
@@ -33,22 +44,75 @@ def choose_version(model_dir: Path, wanted: int | None) -> int:
     return wanted
 
 
-def publish(model_dir: Path, version: int, model: onnx.ModelProto, record: dict) -> Path:
-    """Write model.onnx and conversion.json under a hidden name inside the model folder (same
-    file system), then rename the folder to its version: atomic for any reader."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
-    try:
-        onnx.save(model, staging / MODEL_FILE)
-        (staging / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        target = model_dir / str(version)
+def file_records(folder: Path) -> list[dict]:
+    """conversion.json's `files`: name, size and sha256 of every file in a version folder except
+    conversion.json itself, by name. A reader checks a copied or uploaded version against it."""
+    records = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != CONVERSION_FILE):
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            while chunk := file.read(_HASH_CHUNK):
+                digest.update(chunk)
+        records.append({"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()})
+    return records
+
+
+class Staging:
+    """A version being written: a hidden folder inside the model folder (same file system, ignored
+    by the server), renamed to the version once complete (atomic for any reader), removed if anything
+    fails before. Large weights are written straight into it (model.onnx.data), never moved again.
+
+        with Staging(model_dir, version) as staging:
+            staging.write_model(model)
+            path = staging.commit(record)
+    """
+
+    def __init__(self, model_dir: Path, version: int) -> None:
+        self.model_dir = Path(model_dir)
+        self.version = version
+        self.path = Path()
+        self._committed = False
+
+    def __enter__(self) -> Staging:
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".tmp-{self.version}-", dir=self.model_dir))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    @property
+    def model_path(self) -> Path:
+        """Where model.onnx goes."""
+        return self.path / MODEL_FILE
+
+    def write_model(self, model: onnx.ModelProto) -> Path:
+        """Write (or rewrite) model.onnx. Tensors in external data keep referring to model.onnx.data,
+        already in this folder: only the graph is written."""
+        onnx.save(model, self.model_path)
+        return self.model_path
+
+    def commit(self, record: dict) -> Path:
+        """Add `files` and `external_data` to `record`, write it as conversion.json, and rename the
+        folder to its version; VersionExists if that appeared meanwhile."""
+        record["files"] = file_records(self.path)
+        record["external_data"] = (self.path / MODEL_DATA_FILE).exists()
+        (self.path / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        target = self.model_dir / str(self.version)
         if target.exists():
             raise VersionExists(f"{target} appeared while converting; versions are never overwritten")
-        os.rename(staging, target)
+        os.rename(self.path, target)
+        self._committed = True
         return target
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+
+def publish(model_dir: Path, version: int, model: onnx.ModelProto, record: dict) -> Path:
+    """Publish a model held wholly in memory (no external data) as `version`: model.onnx and
+    conversion.json, written in a staging folder and renamed in."""
+    with Staging(model_dir, version) as staging:
+        staging.write_model(model)
+        return staging.commit(record)
 
 
 def read_config(model_dir: Path) -> mc.ModelConfig | None:

@@ -22,6 +22,8 @@ from modelport.protocol.datatypes import CONFIG_TO_DATATYPE, ONNX_ELEMENT_TO_DAT
 from modelport.protocol.generated import model_config_pb2 as mc
 from modelport.protocol.repository import CONFIG_FILE, MODEL_FILE, version_folders
 
+from . import onnx_files
+
 FLAG = "--replace-signature"
 
 
@@ -128,7 +130,7 @@ def rename(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
             fresh, i = f"{name}__internal_{i}", i + 1
         full[name] = fresh
     _rename_graph(model.graph, full)
-    onnx.checker.check_model(model)
+    onnx_files.check(model)  # in memory; one with external data is checked by path once saved
 
 
 def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

@@ -18,6 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from .errors import ModelError  # noqa: E402
+
 
 @dataclass(frozen=True)
 class SourceTensor:
@@ -42,6 +44,13 @@ class Source:
         """The traced signature (batch dimension dynamic)."""
         return [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in self.inputs]
 
+    def weight_bytes(self) -> int:
+        """Bytes of the variables and of the tensors captured by value that the traced function
+        reads: the size of the weights the ONNX model will hold."""
+        concrete = self.function.get_concrete_function()
+        tensors = [*concrete.variables, *(t for t in concrete.captured_inputs if t.dtype != tf.resource)]
+        return sum((t.shape.num_elements() or 0) * t.dtype.size for t in _unique_variables(tensors))
+
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """TensorFlow's outputs for `feeds`, by output name."""
         result = self.function(*[tf.constant(feeds[t.name]) for t in self.inputs])
@@ -56,14 +65,14 @@ def load(source: Any) -> Source:
     if path.is_dir():
         if (path / "saved_model.pb").exists():
             return from_saved_model(path)
-        raise ValueError(f"{path} is a folder without saved_model.pb: not a SavedModel")
+        raise ModelError(f"{path} is a folder without saved_model.pb: not a SavedModel")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     import keras
 
     kind = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}.get(path.suffix.lower())
     if kind is None:
-        raise ValueError(f"{path}: expected a .keras or .h5 file, or a SavedModel folder")
+        raise ModelError(f"{path}: expected a .keras or .h5 file, or a SavedModel folder")
     return from_keras(keras.models.load_model(path, compile=False), kind, path)
 
 
@@ -76,7 +85,7 @@ def from_keras(model: Any, kind: str, path: Path | None) -> Source:
     """A Keras 3 model (functional, Sequential or subclassed with known inputs)."""
     model = _strip_pruning(model)
     if not getattr(model, "inputs", None):
-        raise ValueError("the Keras model has no defined inputs: build it (call it once, or give it an Input)")
+        raise ModelError("the Keras model has no defined inputs: build it (call it once, or give it an Input)")
     inputs = [
         SourceTensor(_layer_name(t, f"input_{i}"), _numpy_dtype(t.dtype), _batch_dynamic(t.shape))
         for i, t in enumerate(model.inputs)
@@ -100,7 +109,7 @@ def from_saved_model(path: Path) -> Source:
     signatures = dict(loaded.signatures)
     signature = signatures.get("serving_default") or (next(iter(signatures.values())) if signatures else None)
     if signature is None:
-        raise ValueError(f"{path}: the SavedModel has no signature to convert")
+        raise ModelError(f"{path}: the SavedModel has no signature to convert")
     specs = signature.structured_input_signature[1]
     inputs = [
         SourceTensor(name, np.dtype(s.dtype.as_numpy_dtype), _batch_dynamic(s.shape))
@@ -128,6 +137,18 @@ def _layer_name(tensor: Any, fallback: str) -> str:
     history = getattr(tensor, "_keras_history", None)
     name = getattr(history[0], "name", None) if history else None
     return name or getattr(tensor, "name", None) or fallback
+
+
+def _unique_variables(tensors: list[Any]) -> list[Any]:
+    """Each variable once (a variable shared by two layers is one set of weights)."""
+    seen: set[int] = set()
+    unique = []
+    for tensor in tensors:
+        key = id(getattr(tensor, "handle", tensor))
+        if key not in seen:
+            seen.add(key)
+            unique.append(tensor)
+    return unique
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -3,19 +3,26 @@ tracking compares live traffic with them (server/drift.py reads `input_statistic
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 
-def weight_sparsity(model) -> dict:
-    """Share of exactly-zero values among the model's float weights (pruning leaves zeros)."""
-    from onnx import numpy_helper
+def weight_sparsity(model, folder: Path | None = None) -> dict:
+    """Share of exactly-zero values among the model's float weights (pruning leaves zeros).
+    Weights in external data are read from `folder` (the model's) a chunk at a time."""
+    from onnx import helper
+
+    from .onnx_files import initializers, read_chunks
 
     zeros = total = 0
-    for init in model.graph.initializer:
-        array = numpy_helper.to_array(init)
-        if array.dtype.kind == "f" and array.size > 1:
-            zeros += int(np.count_nonzero(array == 0))
-            total += array.size
+    for init in initializers(model.graph):
+        size = int(np.prod(init.dims, dtype=np.int64))
+        if np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).kind != "f" or size <= 1:
+            continue
+        for chunk in read_chunks(init, folder):
+            zeros += int(np.count_nonzero(chunk == 0))
+            total += chunk.size
     return {"zero_weights": zeros, "weights": total, "sparsity": zeros / total if total else 0.0}
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from tf2onnx import utils
 from tf2onnx.handler import tf_op
 
+
 # TensorFlow >= 2.16 writes exact GELU (Keras `activation="gelu"`, every BERT-style model) as
 # 0.5 * x * erfc(-x / sqrt(2)); tf2onnx knows Erf but not Erfc, and passes it through as an op
 # no ONNX runtime has ("No Op registered for Erfc").

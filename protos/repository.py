@@ -3,6 +3,7 @@
     <root>/<name>/config.pbtxt          optional (Triton ModelConfig, text format)
     <root>/<name>/labels.txt            optional class labels
     <root>/<name>/<version>/model.onnx  versions are folders named by integers
+    <root>/<name>/<version>/model.onnx.data   the weights, for a model saved with ONNX external data
     <root>/<name>/<version>/conversion.json   written by the converter
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"
+MODEL_DATA_FILE = "model.onnx.data"  # external data of MODEL_FILE (its tensors name it, relative to the version folder)
 CONVERSION_FILE = "conversion.json"
 PLATFORM = "onnxruntime_onnx"
 
