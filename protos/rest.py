@@ -162,6 +162,9 @@ def _numbers(data: list, datatype: str, where: str) -> np.ndarray:
         return np.array(flat, dtype=np.bool_)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
         raise CodecError(f"{where}: {datatype} data must be numbers")
+    if datatype == "BF16":  # float values, kept as their upper 16 bits (rounded to nearest even)
+        bits = np.array(flat, dtype=np.float32).view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     if target.kind in "iu":
         if not all(isinstance(v, int) or v.is_integer() for v in flat):
             raise CodecError(f"{where}: {datatype} data must be integers")
@@ -169,9 +172,6 @@ def _numbers(data: list, datatype: str, where: str) -> np.ndarray:
             return np.array([int(v) for v in flat], dtype=target)
         except OverflowError:
             raise CodecError(f"{where}: data holds values out of range for {datatype}") from None
-    if datatype == "BF16":  # float values, kept as their upper 16 bits (rounded to nearest even)
-        bits = np.array(flat, dtype=np.float32).view(np.uint32)
-        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     return np.array(flat, dtype=target)
 
 
@@ -207,23 +207,31 @@ def encode_response(
     response: InferenceResponse, binary_default: bool = False, binary: Mapping[str, bool] | None = None
 ) -> tuple[bytes, int | None]:
     """(body, header length or None when the body is all JSON) for an inference answer."""
-    outputs, parts = [], []
-    for name, (datatype, array) in response.outputs.items():
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if (binary or {}).get(name, binary_default):
-            raw = to_raw(array, datatype)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            parts.append(raw)
-        else:
-            entry["data"] = to_json(array, datatype, f"output '{name}'")
-        outputs.append(entry)
-    header = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
+    parts: list[bytes] = []
+    outputs = [_entry(name, datatype, array, (binary or {}).get(name, binary_default), parts, f"output '{name}'")
+               for name, (datatype, array) in response.outputs.items()]  # fmt: skip
+    header: dict[str, Any] = {"model_name": response.model, "model_version": response.version, "outputs": outputs}
     if response.id:
         header["id"] = response.id
+    return _body(header, parts)
+
+
+def _entry(name: str, datatype: str, array: np.ndarray, binary: bool, parts: list[bytes], where: str) -> dict:
+    """One tensor's JSON entry: its data inline, or (binary) its size, its raw bytes appended to `parts`."""
+    entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+    if binary:
+        raw = to_raw(array, datatype)
+        entry["parameters"] = {"binary_data_size": len(raw)}
+        parts.append(raw)
+    else:
+        entry["data"] = to_json(array, datatype, where)
+    return entry
+
+
+def _body(header: dict, parts: list[bytes]) -> tuple[bytes, int | None]:
+    """(body, header length, or None when the body is all JSON)."""
     text = json.dumps(header, separators=(",", ":")).encode()
-    if not parts:
-        return text, None
-    return b"".join([text, *parts]), len(text)
+    return (b"".join([text, *parts]), len(text)) if parts else (text, None)
 
 
 def to_json(array: np.ndarray, datatype: str, where: str) -> list:
@@ -254,15 +262,7 @@ def encode_request(
     for name, value in inputs.items():
         array = np.asarray(value)
         datatype = (datatypes or {}).get(name) or datatype_of(array)
-        wire = as_wire_array(array, datatype)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
-            raw = to_raw(wire, datatype)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            parts.append(raw)
-        else:
-            entry["data"] = to_json(wire, datatype, f"input '{name}'")
-        entries.append(entry)
+        entries.append(_entry(name, datatype, as_wire_array(array, datatype), binary, parts, f"input '{name}'"))
     header: dict[str, Any] = {"inputs": entries}
     if request_id:
         header["id"] = request_id
@@ -272,8 +272,7 @@ def encode_request(
     header["parameters"] = parameters
     if outputs:
         header["outputs"] = [{"name": name} for name in outputs]
-    text = json.dumps(header, separators=(",", ":")).encode()
-    return (b"".join([text, *parts]), len(text)) if parts else (text, None)
+    return _body(header, parts)
 
 
 def decode_response(body: bytes, header_length: int | None) -> dict[str, np.ndarray]:
