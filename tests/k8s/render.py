@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 COMPONENTS = ("servicemonitor", "prometheus-hpa", "models-from-url", "quality-rules", "feedback-redis",
-              "feedback-redis-url", "rollout-step")
+              "feedback-redis-url", "rollout-step", "grafana-dashboard")
 # Components that exclude another, never rendered together: Redis in the cluster or a managed one;
 # the rollout step writes rollout.json into the shared repository claim, which models-from-url
 # replaces with an emptyDir per pod.
@@ -49,8 +49,7 @@ TARGETS = (
     Target("gpu", ("servicemonitor", "prometheus-hpa", "quality-rules", "feedback-redis", "rollout-step")),
     Target("gpu", ("feedback-redis-url",)),
     Target("gpu", ("feedback-redis-url", "rollout-step")),
-    # Not in COMPONENTS (the overlays do not list it yet): tests/test_grafana_dashboard.py.
-    Target("cpu", ("servicemonitor", "quality-rules", "grafana-dashboard")),
+    Target("cpu", ("servicemonitor", "quality-rules", "grafana-dashboard")),  # tests/test_grafana_dashboard.py
 )
 
 
