@@ -48,6 +48,8 @@ COMMANDS: dict[str, Command] = {
     "compress": Command("modelport.converter.compress_cli",
                         "quantize / convert to fp16 / optimise a published model, publish only if accuracy holds",
                         "convert"),
+    "sign": Command("modelport.converter.sign_cli",
+                    "sign a published version (OpenSSF model-signing) for `serve --verify-key`", "convert"),
     "predict": Command("modelport.client.predict_cli", "run a served model on a .npy/.npz file"),
     "bench": Command("modelport.client.bench_cli",
                      "measure throughput and latency of a served model over a concurrency sweep"),

@@ -32,6 +32,11 @@ folder holds model.onnx (the graph) and model.onnx.data (the weights); an ONNX f
 and Triton load such a folder as it is. conversion.json lists every file of the version ("files":
 name, bytes, sha256) and says "external_data": true or false.
 
+Protection at rest: --encrypt-key-file KEY encrypts model.onnx (and model.onnx.data) with
+AES-256-GCM under a fresh data key wrapped by KEY (32 random bytes: `openssl rand -out model.key 32`);
+--sign-key PRIVATE.pem signs the version folder with OpenSSF model-signing (model.sig, over every
+file, the encrypted ones included). `modelport serve --decrypt-key-file / --verify-key` load them.
+
 Errors end in one paragraph naming the cause and the fix (an op tf2onnx cannot convert: the op, the
 node and the opset); --verbose adds the traceback.
 """
@@ -62,6 +67,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
                    help="write the weights as ONNX external data (model.onnx.data beside model.onnx); "
                    f"default: only when they exceed {_THRESHOLD}; --no-external-data: never (refused over 2 GiB)")
+    p.add_argument("--sign-key", type=Path, metavar="PRIVATE_KEY.pem",
+                   help="sign the version (every file) with this elliptic-curve private key (OpenSSF model-signing; "
+                   "writes model.sig into the version folder)")
+    p.add_argument("--encrypt-key-file", type=Path, metavar="KEY",
+                   help="encrypt the model files at rest (AES-256-GCM, a fresh data key wrapped by the 32-byte key "
+                   "in this file)")
     p.set_defaults(func=run)
 
 
@@ -69,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     """Convert; a failing parity gate exits 1 (ParityError.exit_code), bad input or a signature
     that differs from the model's 2."""
     # Checked before TensorFlow is imported (seconds): a wrong path is the commonest mistake.
-    for path in (args.source, args.sample):
+    for path in (args.source, args.sample, args.sign_key, args.encrypt_key_file):
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(errno.ENOENT, "no such file or folder", path)
     # Before TensorFlow is imported: oneDNN's allocator keeps every buffer it frees for reuse, so
@@ -77,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
     # TensorFlow only to trace and on a small sample). An explicit setting wins.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     from .pipeline import convert
+    from .publish import Protection
 
     convert(
         args.source, args.model_repository, args.name, version=args.version, opset=args.opset,
         sample=args.sample, atol=args.atol, rtol=args.rtol, max_batch_size=args.max_batch_size,
         replace_signature=args.replace_signature, external_data=args.external_data,
+        protection=Protection(args.sign_key, args.encrypt_key_file),
     )  # fmt: skip
     return 0

@@ -27,6 +27,7 @@ import onnxruntime as ort
 from modelport.protocol.arrays import load_arrays, select_inputs
 from modelport.protocol.classes import decode_predictions
 from modelport.protocol.repository import CONVERSION_FILE, MODEL_DATA_FILE, MODEL_FILE, version_folders
+from modelport.protocol.sealed import is_sealed
 
 from . import onnx_files, publish
 
@@ -94,9 +95,11 @@ def compress(
     max_accuracy_drop: float = 0.01,
     threshold: float = 0.5,
     progress: Callable[[str], None] | None = None,
+    protection: publish.Protection | None = None,
 ) -> tuple[int, CompressionReport]:
     """Compress a published version into the next free one; raise AccuracyGateError (publishing
-    nothing) when the metric drops by more than `max_accuracy_drop`."""
+    nothing) when the metric drops by more than `max_accuracy_drop`. `protection` encrypts and/or
+    signs the new version (the source must be a plain one: the tools read files)."""
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; expected one of {', '.join(METHODS)}")
     say = progress or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -109,6 +112,11 @@ def compress(
         )
     source_dir = model_dir / str(source)
     source_path = source_dir / MODEL_FILE
+    if source_path.exists() and is_sealed(source_path):
+        raise ValueError(f"{source_path} is encrypted; compress a plain version (ONNX Runtime's tools read files) "
+                         "and pass --encrypt-key-file to encrypt the compressed one")  # fmt: skip
+    if protection is not None:
+        protection.check()
     external = _uses_external_data(source_path)
     inputs = [i.name for i in _session(source_path).get_inputs()]
     calib = _load_inputs(calibration, inputs) if calibration else None
@@ -127,7 +135,7 @@ def compress(
                 f"{max_accuracy_drop:.4f}) on {report.gate_data}; nothing was published"
             )
         say(f"[3/3] publishing {model_dir / str(version)}")
-        staging.commit(_record(source_dir, report))
+        staging.commit(_record(source_dir, report), protection)
     for line in report.lines():
         say(f"      {line}")
     return version, report

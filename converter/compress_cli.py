@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """examples:
   modelport compress --model-repository ./models --name cnn --method int8-static \\
@@ -30,16 +31,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", dest="eval_data", help=".npz with inputs ('x' or per input) and labels 'y'")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01, help="largest allowed drop (default 0.01)")
     p.add_argument("--threshold", type=float, default=0.5, help="class-1 threshold for sigmoid outputs (default 0.5)")
+    p.add_argument("--sign-key", type=Path, metavar="PRIVATE_KEY.pem",
+                   help="sign the new version with this elliptic-curve private key (OpenSSF model-signing, model.sig)")
+    p.add_argument("--encrypt-key-file", type=Path, metavar="KEY",
+                   help="encrypt the new version's model files (AES-256-GCM, data key wrapped by this 32-byte key)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Compress; a refusing gate exits 1 (AccuracyGateError.exit_code), bad input 2."""
     from .compress import compress
+    from .publish import Protection
 
     compress(
         args.model_repository, args.name, args.method, from_version=args.from_version,
         calibration=args.calibration, eval_data=args.eval_data, max_accuracy_drop=args.max_accuracy_drop,
-        threshold=args.threshold,
+        threshold=args.threshold, protection=Protection(args.sign_key, args.encrypt_key_file),
     )  # fmt: skip
     return 0

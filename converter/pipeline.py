@@ -74,6 +74,7 @@ def convert(
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     progress: Callable[[str], None] | None = None,
     tamper: Callable[[Any], None] | None = None,
+    protection: publish.Protection | None = None,
 ) -> ConversionResult:
     """Convert `source` (a .keras/.h5 path, a SavedModel folder, or a Keras model) into
     `<repository>/<name>/<version>/model.onnx`; raise ParityError (publishing nothing) when ONNX
@@ -105,6 +106,8 @@ def convert(
     existing = publish.read_config(model_dir)
     established = signature.is_established(existing)
     batch_size = _batch_size(existing, established, max_batch_size)
+    if protection is not None:
+        protection.check()
     say(f"[1/4] loading {source if isinstance(source, (str, Path)) else type(source).__name__}")
     with _step(1, "loading"):
         loaded = sources.load(source)
@@ -148,7 +151,7 @@ def convert(
             record["weights"] = weight_sparsity(model, staging.path)
             if record["weights"]["sparsity"] > 0.05:
                 say(f"      weight sparsity {record['weights']['sparsity']:.1%} (pruned weights are zeros)")
-            path = staging.commit(record)
+            path = staging.commit(record, protection)
         publish.write_config(model_dir, config)
     if replace_signature and (established or broken):
         say(f"warning: {FLAG}: {CONFIG_FILE} now has version {chosen}'s inputs and outputs; "

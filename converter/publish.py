@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -24,6 +25,7 @@ from modelport.protocol.repository import (
     PLATFORM,
     version_folders,
 )
+from modelport.protocol.sealed import SIGNATURE_FILE
 
 _HASH_CHUNK = 8 * 2**20
 
@@ -46,15 +48,36 @@ def choose_version(model_dir: Path, wanted: int | None) -> int:
 
 def file_records(folder: Path) -> list[dict]:
     """conversion.json's `files`: name, size and sha256 of every file in a version folder except
-    conversion.json itself, by name. A reader checks a copied or uploaded version against it."""
+    conversion.json itself and the signature (which covers them all), by name. A reader checks a
+    copied or uploaded version against it."""
     records = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != CONVERSION_FILE):
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name not in (CONVERSION_FILE, SIGNATURE_FILE)):
         digest = hashlib.sha256()
         with open(path, "rb") as file:
             while chunk := file.read(_HASH_CHUNK):
                 digest.update(chunk)
         records.append({"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()})
     return records
+
+
+@dataclass(frozen=True)
+class Protection:
+    """How a version is protected at rest: encrypted with the key in `encrypt_key_file`
+    (converter/encryption.py) and/or signed with the private key `sign_key` (converter/signing.py)."""
+
+    sign_key: Path | None = None
+    encrypt_key_file: Path | None = None
+
+    def check(self) -> None:
+        """Read both keys now, so a bad one fails before the slow work."""
+        if self.encrypt_key_file is not None:
+            from .encryption import check_key
+
+            check_key(self.encrypt_key_file)
+        if self.sign_key is not None:
+            from .signing import check_key as check_sign_key
+
+            check_sign_key(self.sign_key)
 
 
 class Staging:
@@ -93,12 +116,24 @@ class Staging:
         onnx.save(model, self.model_path)
         return self.model_path
 
-    def commit(self, record: dict) -> Path:
+    def commit(self, record: dict, protection: Protection | None = None) -> Path:
         """Add `files` and `external_data` to `record`, write it as conversion.json, and rename the
-        folder to its version; VersionExists if that appeared meanwhile."""
+        folder to its version; VersionExists if that appeared meanwhile. With `protection`, the
+        model files are encrypted first (`files` then lists the encrypted bytes) and the signature
+        is written last, over every file, before the rename: a version appears signed or not at all."""
+        protection = protection or Protection()
+        record.pop("encryption", None)
+        if protection.encrypt_key_file is not None:
+            from .encryption import encrypt_folder
+
+            record["encryption"] = encrypt_folder(self.path, protection.encrypt_key_file)
         record["files"] = file_records(self.path)
         record["external_data"] = (self.path / MODEL_DATA_FILE).exists()
         (self.path / CONVERSION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if protection.sign_key is not None:
+            from .signing import sign_folder
+
+            sign_folder(self.path, protection.sign_key)
         target = self.model_dir / str(self.version)
         if target.exists():
             raise VersionExists(f"{target} appeared while converting; versions are never overwritten")
@@ -107,12 +142,15 @@ class Staging:
         return target
 
 
-def publish(model_dir: Path, version: int, model: onnx.ModelProto, record: dict) -> Path:
+def publish(
+    model_dir: Path, version: int, model: onnx.ModelProto, record: dict, protection: Protection | None = None
+) -> Path:
     """Publish a model held wholly in memory (no external data) as `version`: model.onnx and
-    conversion.json, written in a staging folder and renamed in."""
+    conversion.json, written in a staging folder and renamed in (encrypted and signed as
+    `protection` says)."""
     with Staging(model_dir, version) as staging:
         staging.write_model(model)
-        return staging.commit(record)
+        return staging.commit(record, protection)
 
 
 def read_config(model_dir: Path) -> mc.ModelConfig | None:

@@ -22,9 +22,10 @@ from .drift import DriftTracker, read_references
 from .errors import ModelLoadError, ModelportError
 from .logs import event
 from .memory_budget import MemoryBudget, default_limit, folder_bytes, resident_bytes
+from .model_files import check_keys, open_model
 from .observers import Sampler
 from .repository import version_stamp
-from .runtime import OnnxModel, SessionOptions
+from .runtime import InMemoryModel, OnnxModel, SessionOptions
 from .scheduler import BatchingScheduler, DirectScheduler, Instance, rows_of
 from .settings import ServerSettings
 from .signature import Signature
@@ -46,13 +47,18 @@ class LoaderSettings:
     drift_window: int
     drift_sample_rate: float
     memory_limit: int = 0  # bytes the models of this process may take (memory_budget); 0: no check
+    verify_keys: tuple[Path, ...] = ()  # --verify-key: versions must be signed by one of these (model_files)
+    decrypt_keys: tuple[Path, ...] = ()  # --decrypt-key-file: encrypted versions are decrypted in memory
 
     @classmethod
     def of(cls, settings: ServerSettings) -> LoaderSettings:
-        """From the server's settings (ServerSettings.defaults() for the defaults)."""
+        """From the server's settings (ServerSettings.defaults() for the defaults); the key files
+        are read once here, so a bad one stops the server (ValueError, OSError) before any load."""
+        verify, decrypt = tuple(settings.verify_key or ()), tuple(settings.decrypt_key_file or ())
+        check_keys(verify, decrypt)
         return cls(
             settings.execution_providers, settings.device_id, settings.workers, usable_cpus(),
-            settings.drift_window, settings.drift_sample_rate, _memory_limit(settings),
+            settings.drift_window, settings.drift_sample_rate, _memory_limit(settings), verify, decrypt,
         )  # fmt: skip
 
 
@@ -75,22 +81,26 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
     if refusal is not None:
         raise ModelLoadError(refusal)
     start, resident = time.perf_counter(), resident_bytes()
-    loaded = _load(model_dir, spec, version, settings, path, where)
+    # Signature checked and encrypted files decrypted (in memory) first; the plaintext is dropped
+    # when _load returns: ONNX Runtime copied what it needs into the sessions.
+    memory = open_model(path, where, settings.verify_keys, settings.decrypt_keys)
+    loaded = _load(model_dir, spec, version, settings, path, where, memory)
     loaded.footprint = LoadFootprint(time.perf_counter() - start, max(resident_bytes() - resident, 0), files)
     return loaded
 
 
 def _load(
-    model_dir: Path, spec: cfg.ModelSpec, version: int, settings: LoaderSettings, path: Path, where: str
+    model_dir: Path, spec: cfg.ModelSpec, version: int, settings: LoaderSettings, path: Path, where: str,
+    memory: InMemoryModel | None = None,
 ) -> ModelVersion:
     stamp = version_stamp(model_dir, version)
-    models = [OnnxModel(path, _options(spec, kind, settings), where) for kind in spec.instances]
+    models = [OnnxModel(path, _options(spec, kind, settings), where, memory) for kind in spec.instances]
     config, signature = cfg.complete(spec, models[0].signature, model_dir, version)
     instances = []
     for i, model in enumerate(models):
         timed = warm_up(where, model_dir, config, signature, spec.max_batch_size, model)
         if _needs_one_thread(spec, model, timed):
-            model = OnnxModel(path, replace(model.options, intra_op_threads=1), where)
+            model = OnnxModel(path, replace(model.options, intra_op_threads=1), where, memory)
             timed = warm_up(where, model_dir, config, signature, spec.max_batch_size, model)
             if i == 0:
                 event(log, logging.INFO, "model_threads", model=spec.name, version=version, intra_op_threads=1,

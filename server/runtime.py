@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -49,6 +50,15 @@ class SessionOptions:
     # idle intra-op threads do not spin: spinning threads take the CPU the event loop needs to
     # decode the next request, which costs a server more than the wake-up latency it saves.
     config_entries: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class InMemoryModel:
+    """A model that exists only in memory (decrypted by model_files.py): model.onnx's bytes, and
+    its external data files by the name its tensors' `location` gives (uint8 arrays)."""
+
+    model: bytes
+    files: Mapping[str, Any] = field(default_factory=dict)
 
 
 def available_providers(requested: Sequence[str], device_id: int = 0) -> list[tuple[str, dict[str, str]]]:
@@ -97,17 +107,24 @@ def _preload_gpu_libraries() -> None:
 class OnnxModel:
     """One ONNX Runtime session. `run` is thread-safe (ONNX Runtime allows concurrent runs)."""
 
-    def __init__(self, path: Path, options: SessionOptions, where: str) -> None:
+    def __init__(self, path: Path, options: SessionOptions, where: str, memory: InMemoryModel | None = None) -> None:
+        """A session on the model file at `path`, or on `memory` (then nothing is read from disk)."""
         self.where = where
         self.options = options
+        session_options = _session_options(options)
+        if memory is not None and memory.files:
+            names = list(memory.files)
+            buffers = [memory.files[n] for n in names]
+            session_options.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])
         try:
             self._session = ort.InferenceSession(
-                str(path),
-                sess_options=_session_options(options),
+                str(path) if memory is None else memory.model,
+                sess_options=session_options,
                 providers=available_providers(options.providers, options.device_id),
             )
         except Exception as exc:  # ONNX Runtime raises several unrelated types
-            raise ModelLoadError(f"{where}: ONNX Runtime cannot load {path.name}: {exc}") from exc
+            held = "" if memory is None else " (decrypted in memory)"
+            raise ModelLoadError(f"{where}: ONNX Runtime cannot load {path.name}{held}: {exc}") from exc
         self.signature = Signature(
             tuple(_spec(where, a) for a in self._session.get_inputs()),
             tuple(_spec(where, a) for a in self._session.get_outputs()),

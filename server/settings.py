@@ -83,6 +83,17 @@ class ServerSettings(BaseSettings):
         "load/unload and settings RPCs need admin); reread when it changes; without it, no authentication",
         metavar="FILE",
     )
+    verify_key: tuple[Path, ...] = option(
+        (), "load only versions whose signature (model.sig, OpenSSF model-signing) verifies against this public key "
+        "(PEM, elliptic curve) or any key in this folder; repeatable, for key rotation (any one key suffices); a "
+        "missing or failing signature is a load failure; keys are reread at every load",
+        metavar="PUBLIC_KEY.pem", shown="none (signatures not checked)",
+    )
+    decrypt_key_file: tuple[Path, ...] = option(
+        (), "decrypt encrypted versions in memory (never on disk) with the 32-byte key in this file or any key "
+        "file in this folder; repeatable, for key rotation (each encrypted file names its key's id); keys are "
+        "reread at every load", metavar="KEY", shown="none",
+    )
     auth_open_health: bool = option(True, "health and reflection answer without a token")
     grpc_max_connection_age_ms: int = option(
         0, "close client connections after this many ms so clients re-resolve DNS and spread over new replicas "

@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 COMPONENTS = ("servicemonitor", "prometheus-hpa", "models-from-url", "quality-rules", "feedback-redis",
-              "feedback-redis-url", "rollout-step", "grafana-dashboard")
+              "feedback-redis-url", "rollout-step", "grafana-dashboard", "model-keys")
 # Components that exclude another, never rendered together: Redis in the cluster or a managed one;
 # the rollout step writes rollout.json into the shared repository claim, which models-from-url
 # replaces with an emptyDir per pod.
@@ -50,6 +50,7 @@ TARGETS = (
     Target("gpu", ("feedback-redis-url",)),
     Target("gpu", ("feedback-redis-url", "rollout-step")),
     Target("cpu", ("servicemonitor", "quality-rules", "grafana-dashboard")),  # tests/test_grafana_dashboard.py
+    Target("gpu", ("model-keys", "rollout-step")),  # tests/k8s/test_model_keys.py
 )
 
 
