@@ -2,21 +2,27 @@
 (config parameters pad_inputs / pad_outputs / pad_buckets) against no dynamic batching.
 
 A transformer-ish encoder built with onnx.helper (no TensorFlow): token embedding (vocab 30522)
-plus position embedding, `--blocks` encoder blocks (4-head self-attention with the attention
-mask as an additive bias, LayerNorm, a ReLU feed-forward of 4x hidden), a per-token head
-(`token_logits` [batch, seq, 8]) and masked mean pooling into a 2-class head (`logits`). Weights
-are random (seeded): the numbers mean nothing, the cost is that of the shape.
+plus position embedding and LayerNorm, `--blocks` BERT encoder blocks (4-head self-attention
+with the attention mask as an additive bias, residual, LayerNorm, a GELU feed-forward of 4x
+hidden, residual, LayerNorm), a per-token head (`token_logits` [batch, seq, 8]) and masked mean
+pooling into a 2-class head (`logits`): BERT-tiny is hidden 128 with 2 blocks, BERT-mini hidden
+256 with 4. Weights are random (seeded): the numbers mean nothing, the cost is that of the shape.
 
 Each side is a `modelport serve` subprocess on a free port serving the same model.onnx: `batched`
-with dynamic_batching and the pad parameters, `unbatched` without dynamic_batching. The load is
+with dynamic_batching and the pad parameters, `unbatched` without dynamic_batching; both with
+the same instances and intra-op threads (`--instances`, `--intra-op-threads`; by default the
+server's: one instance with a thread per CPU). The load is
 batch-1 requests whose lengths are drawn uniformly from --min-len..--max-len for every call
 (requests pre-serialized, one per length), `--concurrency` outstanding over grpc.aio channels
 from this process, closed loop; items/s counts answers inside the window after the warm-up.
-Sides alternate for `--repeat` rounds and the median round of each is reported. `--in-process`
+Sides alternate for `--repeat` rounds and the median round of each is reported, with the CPU
+time the server process and this client spent per answer (a measure of cost that other jobs on
+the machine disturb far less than items/s) and the load average. `--in-process`
 drives the server's data plane in this process instead (no gRPC, no client): the ceiling of what
 batching can gain, with the same decode-free inputs on both sides.
 
     python benchmarks/varlen.py                                   # hidden 256, 2 blocks, 16-128 tokens
+    python benchmarks/varlen.py --hidden 128 --instances 2        # 2 instances of 1 thread, both sides
     python benchmarks/varlen.py --hidden 64 --seconds 20 --repeat 3 --json varlen.json
     python benchmarks/varlen.py --hidden 64 --in-process
 """
@@ -92,13 +98,16 @@ def encoder(vocab: int = 30522, hidden: int = 256, blocks: int = 2, heads: int =
     g.const("merge_heads", np.array([0, 0, hidden], np.int64))
     g.const("gamma", np.ones(hidden, np.float32))
     g.const("beta", np.zeros(hidden, np.float32))
+    g.const("half", np.array(0.5, np.float32))
+    g.const("sqrt_two", np.array(np.sqrt(2), np.float32))
     # Embeddings: token + position (positions 0..seq-1).
     g.op("Gather", [g.weight("token_embedding", (vocab, hidden), 0.02), "input_ids"], "tokens")
     g.op("Shape", ["input_ids"], "ids_shape")
     g.op("Gather", ["ids_shape", "one"], "seq_len", axis=0)
     g.op("Range", ["zero", "seq_len", "one"], "positions")
     g.op("Gather", [g.weight("position_embedding", (max_len, hidden), 0.02), "positions"], "position_vectors")
-    h = g.op("Add", ["tokens", "position_vectors"], "embedded")
+    g.op("Add", ["tokens", "position_vectors"], "embedded")
+    h = g.op("LayerNormalization", ["embedded", "gamma", "beta"], "embedded_norm", axis=-1)
     # The mask as an additive attention bias [batch, 1, 1, seq]: 0 where real, -1e9 where padded.
     g.op("Cast", ["attention_mask"], "mask", to=TensorProto.FLOAT)
     g.op("Sub", ["one_f", "mask"], "padded")
@@ -128,7 +137,7 @@ def encoder(vocab: int = 30522, hidden: int = 256, blocks: int = 2, heads: int =
 
 
 def _block(g: _Graph, p: str, h: str, hidden: int) -> str:
-    """Self-attention (mask bias), residual, LayerNorm, ReLU feed-forward, residual, LayerNorm."""
+    """Self-attention (mask bias), residual, LayerNorm, GELU feed-forward, residual, LayerNorm."""
     projected = {}
     for part, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
         g.op("MatMul", [h, g.weight(p + part + "_w", (hidden, hidden))], p + part)
@@ -146,8 +155,13 @@ def _block(g: _Graph, p: str, h: str, hidden: int) -> str:
     g.op("LayerNormalization", [p + "residual1", "gamma", "beta"], p + "norm1", axis=-1)
     g.op("MatMul", [p + "norm1", g.weight(p + "ff1_w", (hidden, 4 * hidden))], p + "ff1")
     g.op("Add", [p + "ff1", g.const(p + "ff1_bias", np.zeros(4 * hidden, np.float32))], p + "ff1_b")
-    g.op("Relu", [p + "ff1_b"], p + "ff1_relu")
-    g.op("MatMul", [p + "ff1_relu", g.weight(p + "ff2_w", (4 * hidden, hidden))], p + "ff2")
+    # GELU as BERT computes it, x * 0.5 * (1 + erf(x / sqrt 2)) (ONNX Runtime fuses it into one op)
+    g.op("Div", [p + "ff1_b", "sqrt_two"], p + "ff1_scaled")
+    g.op("Erf", [p + "ff1_scaled"], p + "ff1_erf")
+    g.op("Add", [p + "ff1_erf", "one_f"], p + "ff1_erf1")
+    g.op("Mul", [p + "ff1_b", p + "ff1_erf1"], p + "ff1_x")
+    g.op("Mul", [p + "ff1_x", "half"], p + "ff1_gelu")
+    g.op("MatMul", [p + "ff1_gelu", g.weight(p + "ff2_w", (4 * hidden, hidden))], p + "ff2")
     g.op("Add", [p + "norm1", p + "ff2"], p + "residual2")
     return g.op("LayerNormalization", [p + "residual2", "gamma", "beta"], p + "out", axis=-1)
 
@@ -155,13 +169,23 @@ def _block(g: _Graph, p: str, h: str, hidden: int) -> str:
 # ---------------------------------------------------------------- repositories and requests
 
 
+def common_config(args: argparse.Namespace) -> str:
+    """What both sides' config.pbtxt share: max_batch_size, instances, intra-op threads."""
+    text = f"max_batch_size: {args.max_batch_size}\n"
+    if args.instances:
+        text += f"instance_group {{ count: {args.instances} kind: KIND_CPU }}\n"
+    if args.intra_op_threads:
+        text += f'parameters {{ key: "intra_op_thread_count" value {{ string_value: "{args.intra_op_threads}" }} }}\n'
+    return text
+
+
 def batched_config(args: argparse.Namespace) -> str:
     """config.pbtxt of the batched side: dynamic batching with the pad parameters."""
     buckets = f'parameters {{ key: "pad_buckets" value {{ string_value: "{args.buckets}" }} }}\n'
     buckets = buckets if args.buckets else ""
     return (
-        f"max_batch_size: {args.max_batch_size}\n"
-        f"dynamic_batching {{ max_queue_delay_microseconds: {args.delay_us} }}\n"
+        common_config(args)
+        + f"dynamic_batching {{ max_queue_delay_microseconds: {args.delay_us} }}\n"
         'parameters { key: "pad_inputs" value { string_value: "input_ids:0=0, attention_mask:0=0" } }\n'
         'parameters { key: "pad_outputs" value { string_value: "token_logits:0" } }\n' + buckets
     )
@@ -170,7 +194,7 @@ def batched_config(args: argparse.Namespace) -> str:
 def write_repositories(work: Path, args: argparse.Namespace) -> dict[str, Path]:
     """WORK/{batched,unbatched}/encoder/1/model.onnx (one file, linked) with their configs."""
     model = encoder(hidden=args.hidden, blocks=args.blocks)
-    configs = {"batched": batched_config(args), "unbatched": f"max_batch_size: {args.max_batch_size}\n"}
+    configs = {"batched": batched_config(args), "unbatched": common_config(args)}
     roots, source = {}, None
     for label, config in configs.items():
         folder = work / label / NAME / "1"
@@ -212,12 +236,33 @@ class SideResult:
     errors: int
     tokens_per_s: float
     rows_per_run: float  # inference_count / execution_count over the whole round (warm-up included)
+    server_cpu_ms: float  # CPU time of the server process per answer in the window (all its threads)
+    client_cpu_ms: float  # CPU time of this process per answer in the window (0 in process: all is server)
+    load: float  # the machine's 1-minute load average at the end of the round
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of process `pid`, or of this process."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def window_cpu(pid: int | None, warmup: float, seconds: float) -> tuple[float, float]:
+    """CPU seconds of the server process (`pid`; None: none) and of this one inside the window."""
+    await asyncio.sleep(warmup)
+    server, client = (cpu_seconds(pid) if pid else 0.0), cpu_seconds()
+    await asyncio.sleep(seconds)
+    return (cpu_seconds(pid) - server if pid else 0.0), cpu_seconds() - client
 
 
 async def closed_loop(address: str, requests: dict[int, bytes], concurrency: int, warmup: float,
-                      seconds: float, seed: int = 1) -> tuple[list[float], list[int], int]:  # fmt: skip
+                      seconds: float, seed: int = 1, server_pid: int | None = None,
+                      ) -> tuple[list[float], list[int], int, tuple[float, float]]:  # fmt: skip
     """`concurrency` workers each sending a request of a random length as soon as the last one is
-    answered; the latencies and lengths of the answers inside the window, and the errors."""
+    answered; the latencies and lengths of the answers inside the window, the errors, and the CPU
+    seconds of the server (`server_pid`) and of this process inside the window."""
     lengths = list(requests)
     channels = [grpc.aio.insecure_channel(address, options=bench.CHANNEL_OPTIONS)
                 for _ in range(-(-concurrency // bench.REQUESTS_PER_CHANNEL))]  # fmt: skip
@@ -244,12 +289,13 @@ async def closed_loop(address: str, requests: dict[int, bytes], concurrency: int
                 latencies.append(done - sent)
                 answered.append(length)
 
+    cpu = asyncio.ensure_future(window_cpu(server_pid, warmup, seconds))
     try:
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     finally:
         for channel in channels:
             await channel.close()
-    return latencies, answered, errors
+    return latencies, answered, errors, await cpu
 
 
 def run_side(label: str, root: Path, requests: dict[int, bytes], args: argparse.Namespace) -> SideResult:
@@ -259,8 +305,9 @@ def run_side(label: str, root: Path, requests: dict[int, bytes], args: argparse.
     with Server(command, label, start_timeout=300) as server:
         try:
             _wait_ready(server)
-            latencies, answered, errors = asyncio.run(
-                closed_loop(server.address, requests, args.concurrency, args.warmup, args.seconds)
+            latencies, answered, errors, (server_cpu, client_cpu) = asyncio.run(
+                closed_loop(server.address, requests, args.concurrency, args.warmup, args.seconds,
+                            server_pid=server.proc.pid)
             )
             with Client(server.address, timeout=30) as client:
                 stats = client.model_statistics(NAME).model_stats[0]
@@ -272,6 +319,7 @@ def run_side(label: str, root: Path, requests: dict[int, bytes], args: argparse.
     return SideResult(
         label, len(latencies) / args.seconds, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), errors,
         sum(answered) / args.seconds, stats.inference_count / max(stats.execution_count, 1),
+        server_cpu * 1000 / len(latencies), client_cpu * 1000 / len(latencies), os.getloadavg()[0],
     )  # fmt: skip
 
 
@@ -279,7 +327,7 @@ def run_in_process(label: str, root: Path, inputs: dict[int, dict[str, np.ndarra
                    args: argparse.Namespace) -> SideResult:  # fmt: skip
     """The same closed loop against the data plane in this process (no gRPC, no codec)."""
 
-    async def run() -> tuple[list[float], list[int], int, tuple[int, int]]:
+    async def run() -> tuple[list[float], list[int], float, tuple[int, int]]:
         registry = ModelRegistry(root)
         await registry.load_all()
         plane = DataPlane(registry)
@@ -298,17 +346,18 @@ def run_in_process(label: str, root: Path, inputs: dict[int, dict[str, np.ndarra
                     answered.append(length)
 
         try:
+            cpu = asyncio.ensure_future(window_cpu(None, args.warmup, args.seconds))
             await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
             stats = plane.model_version(NAME).stats
-            return latencies, answered, 0, (stats.inference_count, stats.execution_count)
+            return latencies, answered, (await cpu)[1], (stats.inference_count, stats.execution_count)
         finally:
             await registry.close()
 
-    latencies, answered, errors, (rows, runs) = asyncio.run(run())
+    latencies, answered, cpu, (rows, runs) = asyncio.run(run())
     ms = np.asarray(latencies) * 1000
     return SideResult(
-        label, len(latencies) / args.seconds, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), errors,
-        sum(answered) / args.seconds, rows / max(runs, 1),
+        label, len(latencies) / args.seconds, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), 0,
+        sum(answered) / args.seconds, rows / max(runs, 1), cpu * 1000 / len(latencies), 0.0, os.getloadavg()[0],
     )  # fmt: skip
 
 
@@ -337,6 +386,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="batched side's max_queue_delay_microseconds (default 1000)")
     p.add_argument("--buckets", default="32,64,96,128",
                    help="batched side's pad_buckets ('' for none; default 32,64,96,128)")
+    p.add_argument("--instances", type=int, default=0,
+                   help="instance_group count of both sides (default: the server's, one)")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="intra_op_thread_count of both sides (default: the server's, CPUs / instances)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per round (default 10)")
     p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first (default 3)")
     p.add_argument("--repeat", type=int, default=2, help="rounds per side, alternating (default 2)")
@@ -366,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs[label].append(result)
                 print(f"round {round_ + 1} {label:>9}: {result.items_per_s:7.1f} items/s, "
                       f"{result.tokens_per_s:8.0f} tokens/s, p50 {result.p50_ms:6.1f} ms, p99 {result.p99_ms:6.1f} ms, "
-                      f"{result.rows_per_run:.2f} rows per run, {result.errors} errors", flush=True)  # fmt: skip
+                      f"{result.rows_per_run:.2f} rows per run, CPU per item: server {result.server_cpu_ms:.2f} ms, "
+                      f"client {result.client_cpu_ms:.2f} ms, load {result.load:.1f}, {result.errors} errors",
+                      flush=True)  # fmt: skip
     median = {label: sorted(r, key=lambda x: x.items_per_s)[len(r) // 2] for label, r in runs.items()}
     summary = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "median": {label: asdict(r) for label, r in median.items()},

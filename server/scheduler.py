@@ -259,6 +259,7 @@ class BatchingScheduler:
         # before variable lengths existed.
         self._padder = None if policy.padding is None else Padder(where, policy.padding)
         self._merge = _merge if self._padder is None else self._padded_merge
+        self._delay_ns = int(policy.max_queue_delay_s * 1e9)
 
     async def submit(
         self, inputs: dict[str, Tensor], outputs: Sequence[str], deadline: float | None = None
@@ -289,16 +290,18 @@ class BatchingScheduler:
             task.add_done_callback(self._running.discard)
 
     async def _collect(self) -> list[_Pending]:
-        """Wait for the first request, then up to the queue delay for the batch to fill."""
+        """Wait for the first request, then for the batch to fill until the oldest queued request
+        has waited the queue delay (Triton's rule: the delay counts from the oldest request's
+        arrival, so a request that waited while the instances were busy runs as soon as one is
+        free, with whatever has queued behind it)."""
         while not self._live_head():
             self._arrived.clear()
             await self._arrived.wait()
-        start = time.monotonic()
-        until = start + self.policy.max_queue_delay_s
-        while self._queued_size() < self.policy.target and (remaining := until - time.monotonic()) > 0:
+        until = self._queue[0].submitted + self._delay_ns
+        while (remaining := until - time.perf_counter_ns()) > 0 and self._queued_size() < self.policy.target:
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(self._arrived.wait(), remaining / 1e9)
             except TimeoutError:
                 break
         return self._take()

@@ -195,6 +195,35 @@ def test_deadline_passing_in_the_queue_drops_the_request(tmp_path: Path, monkeyp
     assert good[1].batch_size == 1  # the expired request did not ride along
 
 
+def test_the_queue_delay_counts_from_the_oldest_request(tmp_path: Path, monkeypatch) -> None:
+    """As in Triton: a request that already waited the queue delay while the instance was busy
+    runs as soon as the instance is free, with what queued behind it, not after another delay."""
+    config = "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 400000 }"
+    registry = _registry(tmp_path, models.dense_chain(16, 2), config)
+    scheduler = registry.get("m").scheduler
+    one = np.ones((1, 16), np.float32)
+    held = hold(scheduler.instances[0], monkeypatch)
+
+    async def run():
+        busy = asyncio.ensure_future(scheduler.submit({"x": ("FP32", one)}, ["y"]))
+        await asyncio.to_thread(held.wait_entered)  # the first request waited its delay alone, and runs
+        waiting = [asyncio.ensure_future(scheduler.submit({"x": ("FP32", one)}, ["y"])) for _ in range(2)]
+        await asyncio.sleep(0.45)  # both have waited longer than the delay while the instance was busy
+        released = time.monotonic()
+        held.release()
+        results = await asyncio.gather(busy, *waiting)
+        waited = time.monotonic() - released
+        await registry.close()
+        return results, waited
+
+    try:
+        (_, *queued), waited = asyncio.run(run())
+    finally:
+        held.release()
+    assert [timing.batch_size for _, timing in queued] == [2, 2]  # together, in one batch
+    assert waited < 0.3, f"the queued requests waited another delay ({waited:.2f} s) once the instance was free"
+
+
 def test_dynamic_batching_needs_max_batch_size(tmp_path: Path) -> None:
     models.save(models.batch_probe(), tmp_path, "m", config="dynamic_batching { }")
     registry = ModelRegistry(tmp_path)

@@ -429,3 +429,24 @@ def test_merge_pads_strings_and_rows_and_cut_takes_each_length_back() -> None:
     cut = padder.cut(echoed, first)
     assert cut["echo"].tolist() == [[b"a", b"b"]] and cut["other"].shape == (1, 3)
     assert padder.merge([second], [1], rows=1) == second  # nothing to pad: the request as it is
+
+
+def test_the_benchmark_encoder_ignores_padding() -> None:
+    """benchmarks/varlen.py's encoder (attention with the mask as a bias, GELU, LayerNorm, masked
+    pooling) answers a padded request as it answers it alone: what its pad parameters assert."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from varlen import encoder
+
+    encoder_session = ort.InferenceSession(
+        encoder(vocab=100, hidden=32, blocks=1, max_len=16).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    ids = np.random.default_rng(9).integers(1, 100, (1, 5)).astype(np.int64)
+    alone_out = encoder_session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    padded_ids = np.zeros((1, 9), np.int64)
+    padded_ids[:, :5] = ids
+    mask = (padded_ids != 0).astype(np.int64)
+    padded_out = encoder_session.run(None, {"input_ids": padded_ids, "attention_mask": mask})
+    np.testing.assert_allclose(padded_out[0], alone_out[0], rtol=1e-4, atol=1e-5)  # pooled logits
+    np.testing.assert_allclose(padded_out[1][:, :5], alone_out[1], rtol=1e-4, atol=1e-5)  # per token
