@@ -59,7 +59,7 @@ def channel_spec(
     if retries > 0:
         service_config["methodConfig"] = [{
             "name": [{"service": "inference.GRPCInferenceService"}, {"service": "modelport.v1.Feedback"},
-                     {"service": "modelport.v1.Rollout"}],
+                     {"service": "modelport.v1.Rollout"}, {"service": "modelport.v1.Explain"}],
             "retryPolicy": {
                 "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
                 "initialBackoff": "0.05s",

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 
 from modelport.protocol import codec
+from modelport.protocol.generated import explain_pb2_grpc as ex_grpc
 from modelport.protocol.generated import feedback_pb2 as fb
 from modelport.protocol.generated import feedback_pb2_grpc as fb_grpc
 from modelport.protocol.generated import grpc_service_pb2 as pb
@@ -20,6 +21,7 @@ from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ModelQualit
 
 from ._common import channel_spec, chunks, is_http, label_request, predict_plan, prepare
 from .errors import InferenceServerError
+from .explanation import Explanation, explain_inputs, explain_request
 
 
 class AsyncClient:
@@ -46,6 +48,7 @@ class AsyncClient:
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._feedback = fb_grpc.FeedbackStub(self._channel)
         self._rollout = ro_grpc.RolloutStub(self._channel)
+        self._explain = ex_grpc.ExplainStub(self._channel)
         self.timeout = timeout
         self._metadata: dict[tuple[str, str], ModelMetadata] = {}
 
@@ -136,6 +139,23 @@ class AsyncClient:
         request = fb.GetQualityRequest(model_name=model, model_version=version, include_pairs=include_pairs)
         return ModelQuality.from_proto(await self._call(self._feedback.GetQuality, request, timeout))
 
+    async def explain(
+        self, model: str, x: object, version: str = "", target: int | None = None, *, output: str | None = None,
+        permutations: int = 0, patch_size: int = 0, seed: int = 0, timeout: float | None = None,
+    ) -> Explanation:
+        """Why the model predicted what it did for each row of `x` (an array for a single-input
+        model, else {input: array}): per-element attributions of the predicted class's score (or
+        class `target`'s; for a regressor, its output), relative to the base value, in
+        `.rows`; `.to_dict()` is what `modelport explain --json` prints. `output` names the output
+        to explain (default: the first); `permutations`, `patch_size` (images) and `seed` tune the
+        method (0: the server's choice). Needs the `inference` scope when the server has auth."""
+        meta = None
+        if not isinstance(x, Mapping):
+            meta = self._metadata.get((model, version)) or await self.model_metadata(model, version, timeout=timeout)
+        request = explain_request(model, explain_inputs(meta, x), version=version, target=target, output=output,
+                                  permutations=permutations, patch_size=patch_size, seed=seed)
+        return Explanation.from_proto(await self._call(self._explain.ModelExplain, request, timeout))
+
     # ------------------------------------------------------------ rollouts
 
     async def rollout_status(self, model: str, *, timeout: float | None = None) -> ro.RolloutStatusResponse:
@@ -204,6 +224,10 @@ class AsyncModel:
     async def metadata(self) -> ModelMetadata:
         """See Client.model_metadata."""
         return await self.client.model_metadata(self.name, self.version)
+
+    async def explain(self, x: object, target: int | None = None, **kwargs: Any) -> Explanation:
+        """See Client.explain."""
+        return await self.client.explain(self.name, x, version=self.version, target=target, **kwargs)
 
     async def is_ready(self) -> bool:
         """See Client.is_model_ready."""

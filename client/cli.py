@@ -60,6 +60,8 @@ COMMANDS: dict[str, Command] = {
                        "rolling quality per model version from reported labels (cluster-wide with a shared store)"),
     "rollout": Command("modelport.client.rollout_cli",
                        "roll a new version out by measured quality: start, status, step, promote, abort"),
+    "explain": Command("modelport.client.explain_cli",
+                       "explain a served model's predictions: per-row, per-feature attributions (--plot: a picture)"),
 }  # fmt: skip
 
 

@@ -4,7 +4,7 @@ and `AsyncClient("http://host:8000")` are.
 Same methods, arguments, answers and errors as over gRPC; inference uses the binary tensor
 extension both ways (modelport.protocol.rest). A call's timeout is the request's `timeout`
 parameter (µs; the server's deadline, as gRPC's) and the socket's. What only the gRPC API has —
-labels, quality, rollouts — raises InferenceServerError UNIMPLEMENTED naming the gRPC address to
+labels, quality, rollouts, explanations — raises InferenceServerError UNIMPLEMENTED naming the gRPC address to
 use. `AsyncHttpClient` runs the same calls on a small thread pool: the standard library has no
 asyncio HTTP client, and the client install adds no dependency for it.
 """
@@ -34,11 +34,12 @@ from ._http import HttpTransport, model_path, raise_for_status, repository_path
 from .aio import AsyncClient
 from .client import Client
 from .errors import InferenceServerError
+from .explanation import Explanation
 
 M = TypeVar("M", bound=Message)
 JSON = {"Content-Type": rest.JSON_TYPE}
 # What the gRPC API has and the HTTP/REST binding has not: `Client` methods that raise over HTTP.
-GRPC_ONLY = ("report_label", "quality", "rollout_status", "rollout_refresh")
+GRPC_ONLY = ("report_label", "quality", "rollout_status", "rollout_refresh", "explain")
 # Threads of an AsyncHttpClient: how many of its calls can be outstanding at once.
 ASYNC_THREADS = 16
 
@@ -141,6 +142,13 @@ class HttpClient(Client):
     def rollout_refresh(self, model: str, *, timeout: float | None = None) -> None:
         """gRPC only: raises InferenceServerError UNIMPLEMENTED."""
         _grpc_only("rollout_refresh", self.url)
+
+    def explain(
+        self, model: str, x: object, version: str = "", target: int | None = None, *, output: str | None = None,
+        permutations: int = 0, patch_size: int = 0, seed: int = 0, timeout: float | None = None,
+    ) -> Explanation:
+        """gRPC only (modelport.v1.Explain): raises InferenceServerError UNIMPLEMENTED."""
+        _grpc_only("explain", self.url)
 
     # ------------------------------------------------------------ repository, config, statistics
 
@@ -258,6 +266,13 @@ class AsyncHttpClient(AsyncClient):
     async def rollout_refresh(self, model: str, *, timeout: float | None = None) -> None:
         """gRPC only: raises InferenceServerError UNIMPLEMENTED."""
         _grpc_only("rollout_refresh", self.url)
+
+    async def explain(
+        self, model: str, x: object, version: str = "", target: int | None = None, *, output: str | None = None,
+        permutations: int = 0, patch_size: int = 0, seed: int = 0, timeout: float | None = None,
+    ) -> Explanation:
+        """gRPC only (modelport.v1.Explain): raises InferenceServerError UNIMPLEMENTED."""
+        _grpc_only("explain", self.url)
 
     async def repository_index(
         self, *, ready_only: bool = False, timeout: float | None = None

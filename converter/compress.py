@@ -135,7 +135,10 @@ def compress(
                 f"{max_accuracy_drop:.4f}) on {report.gate_data}; nothing was published"
             )
         say(f"[3/3] publishing {model_dir / str(version)}")
-        staging.commit(_record(source_dir, report), protection)
+        record = _record(source_dir, report)
+        if record.get("background"):  # the source version's explanation background comes along
+            shutil.copy2(source_dir / record["background"]["file"], staging.path)
+        staging.commit(record, protection)
     for line in report.lines():
         say(f"      {line}")
     return version, report

@@ -19,6 +19,7 @@ from modelport.protocol.arrays import load_arrays, select_inputs
 from modelport.protocol.repository import CONFIG_FILE, MODEL_DATA_FILE
 
 from . import export, onnx_files, parity, publish, signature, sources
+from .background import write_background
 from .defaults import (
     DEFAULT_ATOL,
     DEFAULT_MAX_BATCH_SIZE,
@@ -151,6 +152,12 @@ def convert(
             record["weights"] = weight_sparsity(model, staging.path)
             if record["weights"]["sparsity"] > 0.05:
                 say(f"      weight sparsity {record['weights']['sparsity']:.1%} (pruned weights are zeros)")
+            if sample is not None and (protection is None or protection.encrypt_key_file is None):
+                # Explanations' background (bounded rows of the sample); never plaintext sample rows
+                # beside an encrypted model.
+                entry = write_background(staging.path, {renamed.get(n, n): a for n, a in data.items()})
+                if entry is not None:
+                    record["background"] = entry
             path = staging.commit(record, protection)
         publish.write_config(model_dir, config)
     if replace_signature and (established or broken):

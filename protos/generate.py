@@ -20,7 +20,7 @@ from pathlib import Path
 
 PROTOS = Path(__file__).resolve().parent
 DEFAULT_OUT = PROTOS / "generated"
-SOURCES = ["model_config.proto", "grpc_service.proto", "feedback.proto", "rollout.proto"]
+SOURCES = ["model_config.proto", "grpc_service.proto", "feedback.proto", "rollout.proto", "explain.proto"]
 
 POOL_MODULE = '''"""modelport's private descriptor pool (written by protos/generate.py; do not edit).
 

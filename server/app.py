@@ -13,13 +13,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from modelport.protocol.generated import _pool, feedback_pb2, feedback_pb2_grpc, rollout_pb2, rollout_pb2_grpc
+from modelport.protocol.generated import (
+    _pool,
+    explain_pb2,
+    explain_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
+    rollout_pb2,
+    rollout_pb2_grpc,
+)
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
 from .auth import AuthInterceptor, TokenFile
 from .dataplane import DataPlane, Limits
 from .drift import DriftObserver
+from .explain import Explainer, ExplainLimits
+from .explain_service import ExplainServicer
 from .feedback import FeedbackServicer
 from .feedback_store import open_store
 from .loader import LoaderSettings
@@ -58,6 +68,7 @@ class RunningServer:
 
     poller: asyncio.Task | None = None
     metrics_port: int | None = None
+    explainer: Explainer | None = None
     http: HttpEndpoint | None = None
 
     @property
@@ -100,17 +111,25 @@ def build_dataplane(settings: ServerSettings, registry: ModelRegistry) -> tuple[
     return DataPlane(registry, Limits.of(settings), settings.model_control_mode, observers), quality
 
 
-def add_services(server, dataplane: DataPlane, quality: QualityMonitor) -> HealthServicer:
-    """Add inference, feedback, health and reflection to `server` (a grpc.aio.Server, or anything
-    with its two registration methods), every method parsing its requests tolerantly."""
+def add_services(
+    server, dataplane: DataPlane, quality: QualityMonitor, explainer: Explainer | None = None
+) -> HealthServicer:
+    """Add inference, feedback, rollout, explanations, health and reflection to `server` (a
+    grpc.aio.Server, or anything with its two registration methods), every method parsing its
+    requests tolerantly. Without `explainer`, explanations run with the default limits."""
     registrar = TolerantRegistrar(server)  # requests that do not parse: INVALID_ARGUMENT, not UNKNOWN
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), registrar)
     feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), registrar)
     rollout_pb2_grpc.add_RolloutServicer_to_server(RolloutServicer(dataplane), registrar)
+    explainer = explainer or Explainer(dataplane)
+    explain_pb2_grpc.add_ExplainServicer_to_server(
+        ExplainServicer(explainer, dataplane.limits.max_tensor_elements), registrar
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
     names = [SERVICE_NAME, feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name,
              rollout_pb2.DESCRIPTOR.services_by_name["Rollout"].full_name,
+             explain_pb2.DESCRIPTOR.services_by_name["Explain"].full_name,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]  # fmt: skip
     # What reflection.enable_server_reflection does for a grpc.aio server, through the registrar.
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
@@ -141,7 +160,8 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
             *_connection_age(settings),
         ],
     )
-    health = add_services(server, dataplane, quality)
+    explainer = Explainer(dataplane, ExplainLimits.of(settings))
+    health = add_services(server, dataplane, quality, explainer)
     host = f"[{settings.host}]" if ":" in settings.host and not settings.host.startswith("[") else settings.host
     port = _bind(server, f"{host}:{settings.grpc_port}", settings)
     if port == 0:
@@ -153,11 +173,12 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     log.info("listening on %s:%d (models: %s; event loop: %s)", settings.host, port,
              ", ".join(registry.names()) or "none", describe(loop))  # fmt: skip
     quality.start()
-    running = RunningServer(server, port, dataplane, health, quality)
+    running = RunningServer(server, port, dataplane, health, quality, explainer=explainer)
     if settings.allow_http:
         running.http = await _start_http(dataplane, settings)
     if settings.allow_metrics:
-        running.metrics_port = MetricsEndpoint(registry, dataplane, quality).serve(settings.host, settings.metrics_port)
+        endpoint = MetricsEndpoint(registry, dataplane, quality, explainer=explainer)
+        running.metrics_port = endpoint.serve(settings.host, settings.metrics_port)
     if settings.model_control_mode == "poll":
         running.poller = loop.create_task(_poll(registry, settings.repository_poll_secs), name="repository poll")
     return running

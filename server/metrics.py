@@ -23,6 +23,7 @@ from prometheus_client.utils import floatToGoString
 
 from modelport.protocol.rollout import DECISIONS
 
+from .explain import DURATION_BUCKETS_S, Explainer
 from .statistics import LATENCY_BUCKETS_S
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class MetricsEndpoint:
 
     def __init__(
         self, registry: ModelRegistry, dataplane: DataPlane, quality: QualityMonitor,
-        collectors: CollectorRegistry | None = None,
+        collectors: CollectorRegistry | None = None, explainer: Explainer | None = None,
     ) -> None:  # fmt: skip
         self.collectors = collectors or CollectorRegistry()
         ProcessCollector(registry=self.collectors)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
@@ -68,6 +69,8 @@ class MetricsEndpoint:
             _QualityCollector(quality), _InflightCollector(dataplane),
         ):  # fmt: skip
             self.collectors.register(collector)
+        if explainer is not None:
+            self.collectors.register(_ExplainCollector(explainer))
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP on a background thread; returns the bound port."""
@@ -221,6 +224,37 @@ class _InflightCollector(Collector):
     def collect(self):
         yield GaugeMetricFamily("modelport_inflight_request_bytes", "Bytes of the requests the server holds "
                                 "(queued or running)", value=self._dataplane.inflight_bytes)  # fmt: skip
+
+
+class _ExplainCollector(Collector):
+    """Explanations per version: calls by outcome, rows explained, perturbed rows run on the
+    instances (they show in the execution counts too: they used the instances) and durations."""
+
+    def __init__(self, explainer: Explainer) -> None:
+        self._explainer = explainer
+
+    def collect(self):
+        calls = CounterMetricFamily("modelport_explanations", "Explanation calls, by outcome (OK or the gRPC status "
+                                    "code)", labels=(*LABELS, "code"))  # fmt: skip
+        rows = CounterMetricFamily("modelport_explanation_rows", "Rows explained", labels=LABELS)
+        model_rows = CounterMetricFamily("modelport_explanation_model_rows", "Perturbed rows explanations ran on the "
+                                         "model's instances", labels=LABELS)  # fmt: skip
+        seconds = HistogramMetricFamily("modelport_explanation_duration_seconds", "End-to-end time of a successful "
+                                        "explanation call (waiting for its turn included)", labels=LABELS)  # fmt: skip
+        working = CounterMetricFamily("modelport_explanation_work_seconds", "Seconds explanations spent building and "
+                                      "running perturbed rows", labels=LABELS)  # fmt: skip
+        paused = CounterMetricFamily("modelport_explanation_paused_seconds", "Seconds explanations paused to leave "
+                                     "the instances to inference (--explain-share)", labels=LABELS)  # fmt: skip
+        for (model, version), s in sorted(list(self._explainer.stats.items())):
+            labels = [model, str(version)]
+            for code, count in sorted(list(s.calls.items())):
+                calls.add_metric([*labels, code], count)
+            rows.add_metric(labels, s.rows)
+            model_rows.add_metric(labels, s.model_rows)
+            seconds.add_metric(labels, _cumulative(list(s.buckets), DURATION_BUCKETS_S), s.seconds)
+            working.add_metric(labels, s.working)
+            paused.add_metric(labels, s.paused)
+        yield from (calls, rows, model_rows, seconds, working, paused)
 
 
 class _ServingCollector(Collector):

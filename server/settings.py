@@ -144,6 +144,19 @@ class ServerSettings(BaseSettings):
     # 0.1: tracking every request cost 5.3 % of small-model throughput on the H100 box (benchmarks/README.md).
     drift_sample_rate: float = option(0.1, "share of requests fed to drift tracking and to the predicted-class "
                                       "counts", metavar="R", ge=0, le=1)  # fmt: skip
+    allow_explain: bool = option(True, "answer modelport.v1.Explain (feature attributions, `modelport explain`); "
+                                 "false: UNIMPLEMENTED")  # fmt: skip
+    explain_max_rows: int = option(16, "rows one explanation call may ask for (more: INVALID_ARGUMENT)", metavar="N",
+                                   gt=0)  # fmt: skip
+    explain_timeout: float = option(60.0, "seconds an explanation may take, waiting included (or the call's "
+                                    "deadline, if sooner); then DEADLINE_EXCEEDED", metavar="S", gt=0)  # fmt: skip
+    explain_concurrency: int = option(1, "explanations of one model running at once (more wait their turn)",
+                                      metavar="N", gt=0)  # fmt: skip
+    explain_share: float = option(
+        0.05, "while inference requests reach a model version, the share of the time its explanations may work "
+        "(building perturbed rows and running them on its instances; they pause in between); 1: no pausing",
+        metavar="R", gt=0, le=1,
+    )
     event_loop: Literal["auto", "uvloop", "asyncio"] = option(
         "auto", "the event loop: uvloop (faster per request; the server extra installs it on Linux and macOS) or "
         "asyncio's own; auto takes uvloop when it is installed",

@@ -182,7 +182,8 @@ def test_repository_calls_outside_explicit_mode_are_refused(pair) -> None:
 def test_grpc_only_methods_name_the_grpc_address(pair) -> None:
     http, _ = pair
     for call in (lambda: http.report_label("scale", "id-1", [1]), lambda: http.quality("scale"),
-                 lambda: http.rollout_status("scale"), lambda: http.rollout_refresh("scale")):  # fmt: skip
+                 lambda: http.rollout_status("scale"), lambda: http.rollout_refresh("scale"),
+                 lambda: http.explain("scale", X)):  # fmt: skip
         with pytest.raises(InferenceServerError) as caught:
             call()
         assert caught.value.code == grpc.StatusCode.UNIMPLEMENTED
