@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from modelport.server.background import BackgroundServer
@@ -50,8 +49,8 @@ def json_values(text: str) -> list:
     return values
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_curl_examples_run(tmp_path: Path) -> None:
+    assert shutil.which("curl"), "README's examples need curl (Debian: apt-get install curl)"
     model, weights = mlp_like()
     save(model, tmp_path, "mlp")
     with BackgroundServer(tmp_path) as server:

@@ -87,7 +87,6 @@ def test_a_version_without_background_says_so(address: str, rows: Path, capsys) 
 
 
 def test_plots(address: str, rows: Path, tmp_path: Path, capsys) -> None:
-    pytest.importorskip("matplotlib")
     bars = tmp_path / "bars.png"
     assert main(["explain", "--url", address, "--model", "linear", "--input", str(rows), "--plot", str(bars)]) == 0
     assert f"wrote {bars}" in capsys.readouterr().out

@@ -319,20 +319,12 @@ def settings_from(runtime: dict, monkeypatch: pytest.MonkeyPatch, **init) -> Ser
     return ServerSettings(**init)
 
 
-def pending_flags() -> dict[str, str]:
-    """Flags the runtimes pass that `modelport serve` does not have yet (k8s/README.md, KServe)."""
-    return {flag: field for flag, field in {"--model-name": "model_name"}.items()
-            if field not in ServerSettings.model_fields}  # fmt: skip
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_env_and_args_are_real_settings(variant, monkeypatch):
     fields = {f"{PREFIX}{name}".upper() for name in ServerSettings.model_fields}
-    missing = pending_flags()
     for runtime in runtimes(variant):
         assert set(env(runtime)) <= fields, set(env(runtime)) - fields
-        given = [a for a in args(runtime) if a.split("=", 1)[0] not in missing]
-        parsed = build_parser().parse_args(given)
+        parsed = build_parser().parse_args(args(runtime))
         assert parsed.command == "serve"
         init = {k: v for k, v in vars(parsed).items() if k not in ("func", "command", "verbose") and v is not None}
         settings = settings_from(runtime, monkeypatch, **init)
@@ -340,10 +332,7 @@ def test_env_and_args_are_real_settings(variant, monkeypatch):
         assert (settings.http_port, settings.grpc_port, settings.metrics_port) == (8080, 9000, 8002)
         assert settings.allow_http, "KServe's HTTP port serves"
         assert settings.execution_providers == (("cuda", "cpu") if is_gpu(runtime) else ("cpu",))
-        if "model_name" in ServerSettings.model_fields:
-            assert settings.model_name == "mlp"
-    if missing:
-        pytest.xfail(f"`modelport serve` lacks {sorted(missing)} (ServerSettings.{sorted(missing.values())})")
+        assert settings.model_name == "mlp"
 
 
 @pytest.mark.parametrize("variant", ["runtimes", "knative"])

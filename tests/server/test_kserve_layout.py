@@ -16,7 +16,6 @@ import tritonclient.grpc as triton
 from modelport.client import Client
 from modelport.server.background import BackgroundServer
 from modelport.server.repository import layout, scan, serving_root
-from modelport.server.settings import ServerSettings
 from tests import models
 
 CONFIG = 'name: "scaler"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
@@ -137,10 +136,6 @@ def test_layout_detection(tmp_path: Path) -> None:
         serving_root(bare_model(tmp_path / "x" / "models"), ".hidden")
 
 
-@pytest.mark.skipif(
-    "model_name" not in ServerSettings.model_fields,
-    reason="needs ServerSettings.model_name and app.py's serving_root() (k8s/README.md, KServe)",
-)
 def test_serve_takes_the_model_name_setting(tmp_path: Path, start_server) -> None:
     """`modelport serve --model-repository /mnt/models --model-name NAME`, as the ServingRuntime runs it."""
     root = model_folder(tmp_path / "models")
