@@ -219,16 +219,27 @@ def decode_request(
 ) -> InferenceRequest:
     """A ModelInferRequest as the data plane takes it. What makes it undecodable is kept in
     `error` rather than raised (the data plane raises it once it has found the model)."""
-    decoded = InferenceRequest(
-        request.model_name, request.model_version, request.id, {}, deadline=deadline, nbytes=request.ByteSize()
-    )
+    decoded = InferenceRequest(request.model_name, request.model_version, request.id, {}, deadline=deadline)
     try:
         decoded.inputs = decode_inputs(request, max_elements)
+        # The tensors' bytes and an estimate of the rest, not request.ByteSize(): upb computes
+        # that by serialising the whole message again (47 ms for a 40 MB request).
+        decoded.nbytes = len(request.model_name) + len(request.id) + sum(
+            _tensor_bytes(array) + len(name) + len(datatype) + 8 * array.ndim + 16
+            for name, (datatype, array) in decoded.inputs.items()
+        )
         if request.outputs:
             decoded.outputs = requested_outputs(request)
     except CodecError as exc:
         decoded.error = str(exc)
     return decoded
+
+
+def _tensor_bytes(array: np.ndarray) -> int:
+    """Bytes a decoded tensor took on the wire (BYTES: each element's length and its 4-byte prefix)."""
+    if array.dtype.kind != "O":
+        return array.nbytes
+    return sum(len(item) + 4 for item in array.reshape(-1))
 
 
 def requested_outputs(request: pb.ModelInferRequest) -> list[RequestedOutput]:

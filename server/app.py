@@ -44,6 +44,7 @@ from .repository import serving_root
 from .rollout_service import RolloutServicer
 from .servicer import InferenceServicer
 from .settings import ServerSettings
+from .uploads import Uploads, UploadSettings
 
 if TYPE_CHECKING:
     from .http import HttpEndpoint
@@ -108,7 +109,8 @@ def build_dataplane(settings: ServerSettings, registry: ModelRegistry) -> tuple[
     )
     quality = QualityMonitor(store, registry.names)
     observers = [quality, DriftObserver(), PredictedClassCounter()]
-    return DataPlane(registry, Limits.of(settings), settings.model_control_mode, observers), quality
+    uploads = Uploads(registry, UploadSettings.of(settings))
+    return DataPlane(registry, Limits.of(settings), settings.model_control_mode, observers, uploads=uploads), quality
 
 
 def add_services(
@@ -153,7 +155,10 @@ async def start_server(settings: ServerSettings, registry: ModelRegistry | None 
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            # Uploads (RepositoryModelLoad with files) may be larger than inference requests; the
+            # data plane holds those to --grpc-max-message-size itself.
+            ("grpc.max_receive_message_length",
+             UploadSettings.of(settings).grpc_receive_limit(settings.max_message_bytes)),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             ("grpc.so_reuseport", 1),  # --workers: several processes share the port

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -29,11 +29,13 @@ from modelport.protocol.types import (
     Tensor,
 )
 
+from . import uploads
 from .classification import classify
 from .errors import InvalidInput, ModelNotFound, ModelportError, NotAllowed, QueueFull
 from .observers import Inference, Observer
 from .registry import ModelRegistry
 from .settings import ServerSettings
+from .uploads import Uploads
 from .validation import validate
 from .versions import ModelVersion
 
@@ -52,12 +54,15 @@ class Limits:
     max_pending_requests: int
     default_request_timeout: float
     max_inflight_bytes: int  # 0: unbounded
+    # Largest request (its tensors' bytes). gRPC enforces it too, except when uploads raise the
+    # server's receive limit (uploads.UploadSettings.grpc_receive_limit); 0: unbounded.
+    max_message_bytes: int = 0
 
     @classmethod
     def of(cls, settings: ServerSettings) -> Limits:
         """From the server's settings (ServerSettings.defaults() for the defaults)."""
         return cls(settings.max_tensor_elements, settings.max_pending_requests, settings.default_request_timeout,
-                   settings.max_inflight_bytes)  # fmt: skip
+                   settings.max_inflight_bytes, settings.max_message_bytes)  # fmt: skip
 
 
 def package_version() -> str:
@@ -78,8 +83,10 @@ class DataPlane:
         control_mode: str = "none",
         observers: Sequence[Observer] = (),
         server_version: str | None = None,
+        uploads: Uploads | None = None,
     ) -> None:
         self.registry = registry
+        self.uploads = uploads  # RepositoryModelLoad with files; None: uploads refused
         self.limits = limits or Limits.of(ServerSettings.defaults())
         self.control_mode = control_mode
         self.observers = list(observers)  # told about every successful request, in this order
@@ -144,6 +151,10 @@ class DataPlane:
         """Count the request in (a swap or unload of `model` waits for it), or refuse it when the
         model's pending requests or the server's bytes in flight are at their limits."""
         limits = self.limits
+        if limits.max_message_bytes and nbytes > limits.max_message_bytes:
+            raise QueueFull(f"{model.where}: the request ({nbytes} bytes of tensors) is larger than max "
+                            f"({limits.max_message_bytes} bytes, --grpc-max-message-size); send fewer rows per "
+                            "request or raise that limit")  # fmt: skip
         if limits.max_pending_requests and model.in_flight >= limits.max_pending_requests:
             raise QueueFull(
                 f"{model.where}: {model.in_flight} requests are already pending "
@@ -232,14 +243,26 @@ class DataPlane:
         default = next((v for v in served if v.version == wanted), served[-1]) if served else None
         return rollout, default, served
 
-    async def load_model(self, name: str) -> None:
-        """RepositoryModelLoad: explicit mode only, as in Triton."""
+    async def load_model(
+        self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None
+    ) -> None:
+        """RepositoryModelLoad. With an upload (`files` by their `file:` names, and/or `config`,
+        JSON of inference.ModelConfig), in any control mode: the upload becomes the model
+        (server/uploads.py). Without: reload the model's files, in explicit mode only, as in
+        Triton (an uploaded model rereads its upload)."""
+        if config is not None or files:
+            if self.uploads is None:
+                raise NotAllowed(f"model '{name}': this server takes no uploads")
+            await self.uploads.load(uploads.parse(name, config, files or {}, self.uploads.settings.max_bytes))
+            return
         self._check_explicit("load")
         await self.registry.load(name)
 
     async def unload_model(self, name: str) -> None:
-        """RepositoryModelUnload: explicit mode only, as in Triton."""
-        self._check_explicit("unload")
+        """RepositoryModelUnload: explicit mode only, as in Triton; an uploaded model in any mode
+        (its files go with it)."""
+        if not self.registry.is_upload(name):
+            self._check_explicit("unload")
         if name not in self.registry.names():
             raise ModelNotFound(f"model '{name}' is not loaded")
         await self.registry.unload(name)

@@ -72,6 +72,18 @@ class ModelLoadError(ModelportError):
     code = grpc.StatusCode.INTERNAL
 
 
+class ModelTooLarge(ModelLoadError):
+    """A version whose files do not fit in what is left of --model-memory-limit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class AlreadyExists(ModelportError):
+    """Something that is never overwritten (a published version) already exists."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class InferenceFailed(ModelportError):
     """ONNX Runtime failed while running a request that passed validation."""
 

@@ -12,6 +12,8 @@ Errors become `{"error": "..."}` with the status Triton's HTTP server gives the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import ssl
@@ -27,12 +29,14 @@ from modelport.protocol import rest
 from modelport.protocol.codec import CodecError
 from modelport.protocol.generated import grpc_service_pb2 as pb
 
+from . import uploads
 from .auth import TokenFile
 from .dataplane import DataPlane
 from .errors import InvalidInput, ModelportError, Unimplemented, http_status, status_of
 from .logs import event
 from .servicer import NOT_IMPLEMENTED, statistics_message
 from .settings import ServerSettings
+from .uploads import UPLOAD_ENVELOPE
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -157,8 +161,11 @@ class HttpEndpoint:
 
     async def load(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
-        _no_parameters(name, await _json_body(request), allowed=())
-        await self._dp.load_model(name)
+        # An upload's files ride base64 in the JSON body: allow a body that size on this route only.
+        limit = max(self._settings.max_message_bytes, -(-self._settings.max_upload_bytes * 4 // 3) + UPLOAD_ENVELOPE)
+        body = await _json_body(request.clone(client_max_size=limit))
+        config, files = _upload(name, body.get("parameters") or {})
+        await self._dp.load_model(name, config, files)
         return web.Response(status=200)
 
     async def unload(self, request: web.Request) -> web.Response:
@@ -203,6 +210,29 @@ async def _json_body(request: web.Request) -> dict:
     if not isinstance(data, dict):
         raise InvalidInput("the request body must be a JSON object")
     return data
+
+
+def _upload(model: str, parameters: object) -> tuple[str | None, dict[str, bytes]]:
+    """An upload's `config` (a JSON string, or the config object itself) and files (`file:<path>`,
+    base64 strings), as tritonclient.http's load_model(name, config=..., files=...) sends them."""
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"model '{model}': 'parameters' must be a JSON object")
+    config, files = None, {}
+    for key, value in parameters.items():
+        if key == uploads.CONFIG_PARAMETER:
+            if not isinstance(value, (str, dict)):
+                raise InvalidInput(f"model '{model}': the 'config' parameter must be JSON of inference.ModelConfig "
+                                   "(a string or an object)")  # fmt: skip
+            config = value if isinstance(value, str) else json.dumps(value)
+        elif key.startswith(uploads.FILE_PREFIX):
+            try:
+                files[key] = base64.b64decode(value, validate=True)
+            except (TypeError, ValueError, binascii.Error):
+                raise InvalidInput(f"model '{model}': parameter '{key}' must be the file's bytes in base64") from None
+        else:
+            raise InvalidInput(f"model '{model}': repository parameter '{key}' is not supported (expected 'config' "
+                               "and 'file:<version>/<name>')")  # fmt: skip
+    return config, files
 
 
 def _no_parameters(model: str, body: dict, allowed: tuple[str, ...]) -> None:
@@ -254,8 +284,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:  # aiohttp's own: no route (404), wrong method (405), too large (413)
         if exc.status < 400:
             raise
+        limit = "--max-upload-bytes" if request.path.endswith("/load") else "--grpc-max-message-size"
         message = exc.text if exc.status != 413 else (
-            f"the request body is larger than --grpc-max-message-size ({exc.text}); raise that limit")
+            f"the request body is larger than the server accepts ({exc.text}); raise {limit}")
         return web.json_response({"error": message}, status=exc.status)
     except ModelportError as exc:
         code, message = status_of(exc)

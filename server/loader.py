@@ -19,7 +19,7 @@ from modelport.protocol.generated import model_config_pb2 as mc
 from . import config as cfg
 from .cpus import intra_op_threads, usable_cpus
 from .drift import DriftTracker, read_references
-from .errors import ModelLoadError, ModelportError
+from .errors import ModelLoadError, ModelportError, ModelTooLarge
 from .logs import event
 from .memory_budget import MemoryBudget, default_limit, folder_bytes, resident_bytes
 from .model_files import check_keys, open_model
@@ -79,7 +79,7 @@ def load_version(model_dir: Path, spec: cfg.ModelSpec, version: int, settings: L
     files = folder_bytes(path.parent)
     refusal = MemoryBudget(settings.memory_limit).refusal(where, files, len(spec.instances))
     if refusal is not None:
-        raise ModelLoadError(refusal)
+        raise ModelTooLarge(refusal)
     start, resident = time.perf_counter(), resident_bytes()
     # Signature checked and encrypted files decrypted (in memory) first; the plaintext is dropped
     # when _load returns: ONNX Runtime copied what it needs into the sessions.

@@ -29,6 +29,7 @@ from .versions import ModelVersion
 log = logging.getLogger(__name__)
 
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+KEEP = object()  # load(source=KEEP): read the model's files where they are read now
 
 
 @dataclass
@@ -50,6 +51,7 @@ class ModelEntry:
     wanted: bool = False  # loaded on purpose (start-up, poll or RepositoryModelLoad)
     seen: tuple = ()  # the model folder's files at the last load attempt
     rollout: Rollout | None = None  # <model>/rollout.json as last loaded
+    source: Path | None = None  # an uploaded model's folder (server/uploads.py); None: <repository>/<name>
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
@@ -69,6 +71,8 @@ class ModelRegistry:
         self._entries: dict[str, ModelEntry] = {}
         self._retiring: set[asyncio.Task] = set()
         self.listeners: list[Callable[[str], None]] = []  # told the model name after every change
+        # Told an uploaded model's folder once nothing serves from it any more (uploads.py removes it).
+        self.discard: Callable[[Path], None] = lambda folder: None
 
     # ------------------------------------------------------------ lookups (event loop)
 
@@ -122,6 +126,16 @@ class ModelRegistry:
         reasons += [f"version {v}: {s.reason}" for v, s in sorted(entry.states.items()) if s.reason]
         return "; ".join(reasons) or ("not loaded" if not entry.wanted else "no version loaded")
 
+    def is_upload(self, name: str) -> bool:
+        """Whether `name` serves files uploaded through RepositoryModelLoad (not the repository's)."""
+        entry = self._entries.get(name)
+        return entry is not None and entry.source is not None
+
+    def folder(self, name: str) -> Path:
+        """Where `name`'s files are read from: its upload's folder, else the repository's."""
+        entry = self._entries.get(name)
+        return entry.source if entry is not None and entry.source is not None else self.root / name
+
     def is_ready(self, name: str, version: str = "") -> bool:
         """Whether `name` (and `version`) can take requests now."""
         try:
@@ -168,43 +182,93 @@ class ModelRegistry:
             except ModelportError:
                 pass  # logged where it happened, with the model and version
 
-    async def load(self, name: str) -> None:
+    async def load(
+        self, name: str, *, source: Path | None | object = KEEP, preloaded: dict[int, ModelVersion] | None = None
+    ) -> None:
         """Load or reload `name`: versions its policy wants and whose files changed are loaded
-        beside what serves, then swapped in; versions no longer wanted retire."""
+        beside what serves, then swapped in; versions no longer wanted retire.
+
+        `source` switches where the model's files are read from (an upload's folder, or None for
+        the repository's); by default it stays as it is. `preloaded` versions (from `preload`) are
+        served as they are when their files are the ones the folder holds now; those not used are
+        closed."""
         entry = self._entries.setdefault(name, ModelEntry(name))
         entry.wanted = True
+        preloaded = dict(preloaded or {})
         async with entry.lock:
+            dropped = None
+            if source is not KEEP and source != entry.source:
+                dropped, entry.source = entry.source, source  # type: ignore[assignment]
             try:
-                await self._load_locked(entry)
+                await self._load_locked(entry, preloaded)
             except ModelNotFound:
                 if not entry.states and not entry.versions:
                     del self._entries[name]  # never existed: leave no trace
                 raise
             finally:
                 self._notify(name)
+                for unused in preloaded.values():
+                    await unused.scheduler.close()
+                if dropped is not None:
+                    self.discard(dropped)
 
-    async def _load_locked(self, entry: ModelEntry) -> None:
-        directory = self.root / entry.name
+    async def preload(self, name: str, folder: Path) -> dict[int, ModelVersion]:
+        """Load every version that the model in `folder` wants (its config's version policy),
+        serving none of them: all or nothing. The first failure is raised (a ModelLoadError naming
+        the version and why; logged and counted as any load failure) after closing what loaded."""
+        spec, _rollout, wanted = self._plan(name, folder)
+        loaded: dict[int, ModelVersion] = {}
+        try:
+            for version in wanted:
+                loaded[version] = await self._load_one(name, folder, spec, version)
+        except ModelportError:
+            for version in loaded.values():
+                await version.scheduler.close()
+            raise
+        return loaded
+
+    def _plan(self, name: str, directory: Path) -> tuple[cfg.ModelSpec, Rollout | None, list[int]]:
+        """The model's spec, rollout and the versions to serve; ModelLoadError when there are none."""
+        spec = cfg.model_spec(name, cfg.read_config(directory))
+        rollout = _read_rollout(name, directory)
+        available = version_folders(directory)
+        wanted = spec.version_policy.select(available)
+        if rollout is not None:  # both versions of a rollout stay loaded, whatever the policy says
+            wanted = sorted(set(wanted) | (rollout.kept_loaded() & set(available)))
+        if not wanted:
+            raise ModelLoadError(f"model '{name}': no version folder matches its version policy")
+        return spec, rollout, wanted
+
+    async def _load_one(self, name: str, directory: Path, spec: cfg.ModelSpec, version: int) -> ModelVersion:
+        """Load one version on a worker thread; log it (and count a failure)."""
+        try:
+            loaded = await asyncio.to_thread(load_version, directory, spec, version, self.settings)
+        except ModelLoadError as exc:
+            event(log, logging.ERROR, "model_load_failed", model=name, version=version, reason=exc.message)
+            key = (name, version)
+            self.load_failures[key] = self.load_failures.get(key, 0) + 1
+            raise
+        cost = loaded.footprint
+        event(log, logging.INFO, "model_loaded", model=name, version=version,
+              providers=",".join(loaded.scheduler.instances[0].model.providers),
+              seconds=round(cost.seconds, 3), memory_bytes=cost.memory_bytes, file_bytes=cost.file_bytes)
+        return loaded
+
+    async def _load_locked(self, entry: ModelEntry, preloaded: dict[int, ModelVersion]) -> None:
+        directory = entry.source or self.root / entry.name
         if not directory.is_dir():
             self._retire_all(entry, "removed from the repository")
             event(log, logging.ERROR, "model_load_failed", model=entry.name, version="", reason="not in the repository")
             raise ModelNotFound(f"model '{entry.name}' is not in the repository {self.root}")
         entry.seen = model_stamp(directory)
         try:
-            spec = cfg.model_spec(entry.name, cfg.read_config(directory))
-            rollout = _read_rollout(entry.name, directory)
-            available = version_folders(directory)
-            wanted = spec.version_policy.select(available)
-            if rollout is not None:  # both versions of a rollout stay loaded, whatever the policy says
-                wanted = sorted(set(wanted) | (rollout.kept_loaded() & set(available)))
-            if not wanted:
-                raise ModelLoadError(f"model '{entry.name}': no version folder matches its version policy")
+            spec, rollout, wanted = self._plan(entry.name, directory)
         except ModelLoadError as exc:
             entry.error = exc.message
             event(log, logging.ERROR, "model_load_failed", model=entry.name, version="", reason=exc.message)
             raise
         entry.error = ""
-        served, failures = await self._load_versions(entry, directory, spec, wanted)
+        served, failures = await self._load_versions(entry, directory, spec, wanted, preloaded)
         if failures:
             # Something wanted failed: what served before keeps serving, even versions the policy
             # would now drop, until a reload succeeds.
@@ -215,30 +279,27 @@ class ModelRegistry:
             raise ModelLoadError("; ".join(failures.values()))
 
     async def _load_versions(
-        self, entry: ModelEntry, directory: Path, spec: cfg.ModelSpec, wanted: list[int]
+        self, entry: ModelEntry, directory: Path, spec: cfg.ModelSpec, wanted: list[int],
+        preloaded: dict[int, ModelVersion],
     ) -> tuple[dict[int, ModelVersion], dict[int, str]]:
         served: dict[int, ModelVersion] = {}
         failures: dict[int, str] = {}
         for version in wanted:
-            old = entry.versions.get(version)
-            if old is not None and old.stamp == version_stamp(directory, version) and old.spec == spec:
-                served[version] = old
+            stamp = version_stamp(directory, version)
+            ready = next((v for v in (entry.versions.get(version), preloaded.get(version))
+                          if v is not None and v.stamp == stamp and v.spec == spec), None)  # fmt: skip
+            if ready is not None:
+                if preloaded.get(version) is ready:
+                    del preloaded[version]  # served now: not closed with the unused ones
+                served[version] = ready
                 continue
+            old = entry.versions.get(version)
             if old is None:
                 self._set_state(entry, version, VersionState(LOADING))
             try:
-                served[version] = loaded = await asyncio.to_thread(
-                    load_version, directory, spec, version, self.settings
-                )
-                cost = loaded.footprint
-                event(log, logging.INFO, "model_loaded", model=entry.name, version=version,
-                      providers=",".join(loaded.scheduler.instances[0].model.providers),
-                      seconds=round(cost.seconds, 3), memory_bytes=cost.memory_bytes, file_bytes=cost.file_bytes)
+                served[version] = await self._load_one(entry.name, directory, spec, version)
             except ModelLoadError as exc:
-                event(log, logging.ERROR, "model_load_failed", model=entry.name, version=version, reason=exc.message)
                 failures[version] = exc.message
-                key = (entry.name, version)
-                self.load_failures[key] = self.load_failures.get(key, 0) + 1
                 if old is not None:
                     served[version] = old  # the previous files keep serving
         return served, failures
@@ -284,7 +345,10 @@ class ModelRegistry:
         entry.wanted = False
         async with entry.lock:
             self._retire_all(entry, "unloaded")
+            dropped, entry.source = entry.source, None
         self._notify(name)
+        if dropped is not None:
+            self.discard(dropped)  # an upload lives until it is unloaded
 
     async def poll(self) -> None:
         """Bring the served set in line with the repository: new and changed models load,
@@ -292,6 +356,8 @@ class ModelRegistry:
         on_disk = scan(self.root)
         for name, directory in on_disk.items():
             entry = self._entries.get(name)
+            if entry is not None and entry.source is not None:
+                continue  # an upload stands in for the repository's files until it is unloaded
             # An entry no longer wanted was unloaded because its folder went away: the folder is
             # back (perhaps with the very files it had), so it loads again.
             if entry is None or not entry.wanted or model_stamp(directory.path) != entry.seen:
@@ -300,7 +366,7 @@ class ModelRegistry:
                 except ModelportError:
                     pass  # logged where it happened
         for name, entry in list(self._entries.items()):
-            if name not in on_disk and (entry.versions or entry.wanted):
+            if name not in on_disk and entry.source is None and (entry.versions or entry.wanted):
                 event(log, logging.INFO, "model_removed", model=name)
                 await self.unload(name)
         self.polls += 1

@@ -15,6 +15,7 @@ from modelport.protocol import codec
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
 
+from . import uploads
 from .dataplane import DataPlane
 from .errors import InvalidInput, ModelportError, Unimplemented, rpc_errors, status_of
 from .statistics import Duration
@@ -140,8 +141,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context
     ) -> pb.RepositoryModelLoadResponse:
-        _no_parameters(request.model_name, request.parameters, allowed=())
-        await self._dp.load_model(request.model_name)
+        config, files = _upload(request)
+        await self._dp.load_model(request.model_name, config, files)
         return pb.RepositoryModelLoadResponse()
 
     @rpc_errors
@@ -169,6 +170,28 @@ def _no_parameters(model: str, parameters, allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(parameters) - set(allowed))
     if unknown:
         raise InvalidInput(f"model '{model}': repository parameters {unknown} are not supported")
+
+
+def _upload(request: pb.RepositoryModelLoadRequest) -> tuple[str | None, dict[str, bytes]]:
+    """An upload's `config` (string_param, JSON) and files (`file:<path>`, bytes_param), as
+    tritonclient's load_model(name, config=..., files=...) sends them."""
+    name, config, files = request.model_name, None, {}
+    for key, value in request.parameters.items():
+        which = value.WhichOneof("parameter_choice")
+        if key == uploads.CONFIG_PARAMETER:
+            if which != "string_param":
+                raise InvalidInput(f"model '{name}': the 'config' parameter must be a string_param holding JSON of "
+                                   f"inference.ModelConfig, got {which}")  # fmt: skip
+            config = value.string_param
+        elif key.startswith(uploads.FILE_PREFIX):
+            if which != "bytes_param":
+                raise InvalidInput(f"model '{name}': parameter '{key}' must be a bytes_param holding the file's "
+                                   f"bytes, got {which}")  # fmt: skip
+            files[key] = value.bytes_param
+        else:
+            raise InvalidInput(f"model '{name}': repository parameter '{key}' is not supported (expected 'config' "
+                               "and 'file:<version>/<name>')")  # fmt: skip
+    return config, files
 
 
 def _duration(d: Duration) -> pb.StatisticDuration:

@@ -94,6 +94,16 @@ class ServerSettings(BaseSettings):
         "file in this folder; repeatable, for key rotation (each encrypted file names its key's id); keys are "
         "reread at every load", metavar="KEY", shown="none",
     )
+    max_upload_bytes: ByteSize = option(
+        2 * 1024 * MIB, "largest model upload (RepositoryModelLoad with file: parameters, `modelport deploy`), all its "
+        "files together; accepts 2GiB, 500MB or bytes; the gRPC and HTTP receive limits grow to fit one (inference "
+        "requests stay under --grpc-max-message-size); 0 refuses uploads", metavar="BYTES", shown="2 GiB", ge=0,
+    )
+    persist_uploads: bool = option(
+        False, "publish uploaded versions into the model repository (renamed in atomically; a version already "
+        "there is ALREADY_EXISTS) instead of serving them from a private temporary folder until unloaded or the "
+        "server stops; needs a writable repository",
+    )
     auth_open_health: bool = option(True, "health and reflection answer without a token")
     grpc_max_connection_age_ms: int = option(
         0, "close client connections after this many ms so clients re-resolve DNS and spread over new replicas "
