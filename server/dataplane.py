@@ -247,9 +247,9 @@ class DataPlane:
         self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None
     ) -> None:
         """RepositoryModelLoad. With an upload (`files` by their `file:` names, and/or `config`,
-        JSON of inference.ModelConfig), in any control mode: the upload becomes the model
-        (server/uploads.py). Without: reload the model's files, in explicit mode only, as in
-        Triton (an uploaded model rereads its upload)."""
+        JSON of inference.ModelConfig): the upload becomes the model (server/uploads.py says in
+        which modes). Without: reload the model's files, in explicit mode only, as in Triton (an
+        uploaded model rereads its upload)."""
         if config is not None or files:
             if self.uploads is None:
                 raise NotAllowed(f"model '{name}': this server takes no uploads")
@@ -259,10 +259,9 @@ class DataPlane:
         await self.registry.load(name)
 
     async def unload_model(self, name: str) -> None:
-        """RepositoryModelUnload: explicit mode only, as in Triton; an uploaded model in any mode
-        (its files go with it)."""
-        if not self.registry.is_upload(name):
-            self._check_explicit("unload")
+        """RepositoryModelUnload: explicit mode only, as in Triton (an uploaded model's files go
+        with it)."""
+        self._check_explicit("unload")
         if name not in self.registry.names():
             raise ModelNotFound(f"model '{name}' is not loaded")
         await self.registry.unload(name)

@@ -126,11 +126,6 @@ class ModelRegistry:
         reasons += [f"version {v}: {s.reason}" for v, s in sorted(entry.states.items()) if s.reason]
         return "; ".join(reasons) or ("not loaded" if not entry.wanted else "no version loaded")
 
-    def is_upload(self, name: str) -> bool:
-        """Whether `name` serves files uploaded through RepositoryModelLoad (not the repository's)."""
-        entry = self._entries.get(name)
-        return entry is not None and entry.source is not None
-
     def folder(self, name: str) -> Path:
         """Where `name`'s files are read from: its upload's folder, else the repository's."""
         entry = self._entries.get(name)

@@ -8,6 +8,9 @@ before any of it serves, so a broken upload changes nothing. Then it replaces wh
 its name, and lives until it is unloaded (as in Triton); with --persist-uploads its versions are
 published into the model repository instead (renamed in, atomically) and the model is the
 repository's from then on.
+
+Uploads are taken where RepositoryModelLoad is (--model-control-mode explicit, as in Triton) and, with
+--persist-uploads, in poll mode; with --auth-token-file they need the admin scope.
 """
 
 from __future__ import annotations
@@ -94,11 +97,6 @@ class UploadSettings:
         if not self.max_bytes:
             return max_message_bytes
         return min(max(max_message_bytes, self.max_bytes + UPLOAD_ENVELOPE), GRPC_LIMIT)
-
-
-def is_upload(parameters: Mapping[str, object]) -> bool:
-    """Whether RepositoryModelLoad's parameters carry an upload (files or a config)."""
-    return any(key == CONFIG_PARAMETER or key.startswith(FILE_PREFIX) for key in parameters)
 
 
 def parse(name: str, config: str | None, files: Mapping[str, bytes], max_bytes: int) -> Upload:
@@ -209,9 +207,19 @@ class Uploads:
               bytes=upload.nbytes, persisted=self.settings.persist)  # fmt: skip
 
     def _check_allowed(self, name: str) -> None:
+        """Uploads change what the server serves: allowed where RepositoryModelLoad is (explicit
+        mode, as in Triton), and in poll mode when they are published into the polled repository."""
         settings = self.settings
         if not settings.max_bytes:
             raise NotAllowed(f"model '{name}': this server takes no uploads (--max-upload-bytes 0)")
+        mode = settings.control_mode
+        if mode == "none" or (mode == "poll" and not settings.persist):
+            also = " or add --persist-uploads (uploads are then published into the repository it polls)"
+            raise NotAllowed(
+                f"model '{name}': uploading a model changes what the server serves, which --model-control-mode "
+                f"{mode} does not allow (as in Triton); start the server with --model-control-mode explicit"
+                + (also if mode == "poll" else "")
+            )
         if settings.workers > 1 and not (settings.persist and settings.control_mode == "poll"):
             raise NotAllowed(
                 f"model '{name}': this server runs {settings.workers} worker processes (--workers) and an upload "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -55,6 +56,24 @@ def refused(address: str, name: str, files: dict[str, bytes], config: str | None
 
 
 @pytest.fixture
+def start_server(start_server):
+    """Servers in explicit mode (where uploads are taken, as RepositoryModelLoad in Triton), every
+    model of the repository loaded at start."""
+
+    def start(repository: Path, **settings) -> str:
+        settings.setdefault("model_control_mode", "explicit")
+        settings.setdefault("load_model", ("*",))
+        return start_server(repository, **settings)
+
+    return start
+
+
+def explicit(repository: Path, **settings) -> BackgroundServer:
+    """A BackgroundServer as `start_server` starts them (for tests that look inside it)."""
+    return BackgroundServer(repository, **{"model_control_mode": "explicit", "load_model": ("*",), **settings})
+
+
+@pytest.fixture
 def repository(tmp_path: Path) -> Path:
     """A repository already serving one model ('other'), which every refusal must leave serving."""
     repo = tmp_path / "models"
@@ -67,8 +86,8 @@ def still_serving(address: str) -> None:
         np.testing.assert_allclose(client.predict("other", X), X * 10)
 
 
-def test_tritonclient_uploads_a_model_with_its_config_in_the_default_control_mode(repository, start_server):
-    address = start_server(repository)  # --model-control-mode none: the upload itself is the explicit act
+def test_tritonclient_uploads_a_model_with_its_config(repository, start_server):
+    address = start_server(repository)
     triton_load(address, "up", {"file:1/model.onnx": onnx_bytes(3.0)}, CONFIG)
     with Client(address, timeout=30) as client:
         np.testing.assert_allclose(client.predict("up", X), X * 3)
@@ -88,7 +107,7 @@ def test_tritonclient_uploads_a_model_with_its_config_in_the_default_control_mod
 
 
 def test_an_upload_without_config_is_auto_completed_and_metrics_count_it(repository, start_server):
-    server = BackgroundServer(repository).start()
+    server = explicit(repository).start()
     try:
         triton_load(server.address, "bare", {"file:4/model.onnx": onnx_bytes(5.0)})
         with Client(server.address, timeout=30) as client:
@@ -103,7 +122,7 @@ def test_an_upload_without_config_is_auto_completed_and_metrics_count_it(reposit
 
 
 def test_the_http_binding_takes_base64_files(repository):
-    with BackgroundServer(repository) as server:
+    with explicit(repository) as server:
         body = json.dumps({"parameters": {"config": CONFIG.replace('"up"', '"web"'),
                                           "file:1/model.onnx": base64.b64encode(onnx_bytes(4.0)).decode()}})
         request = urllib.request.Request(f"{server.http_url}/v2/repository/models/web/load", body.encode(),
@@ -219,7 +238,7 @@ def test_with_verify_key_an_upload_must_carry_a_signature_that_verifies(reposito
 
 
 def test_reupload_replaces_and_unload_removes_the_files(repository, start_server, tmp_path):
-    server = BackgroundServer(repository).start()
+    server = explicit(repository).start()
     try:
         triton_load(server.address, "up", {"file:1/model.onnx": onnx_bytes(3.0)})
         first = server.running.dataplane.registry.folder("up")
@@ -230,18 +249,15 @@ def test_reupload_replaces_and_unload_removes_the_files(repository, start_server
         with Client(server.address, timeout=30) as client:
             np.testing.assert_allclose(client.predict("up", X), X * 4)
             assert client.model_metadata("up").versions == ("2",)
-            client.unload_model("up")  # allowed in control mode none: an upload
+            client.unload_model("up")
             assert not client.is_model_ready("up")
             with pytest.raises(InferenceServerError) as caught:
                 client.predict("up", X)
             assert caught.value.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
-            with pytest.raises(InferenceServerError) as caught:
-                client.unload_model("other")  # a repository model: explicit mode only, as before
-            assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert not second.exists()
     finally:
         server.stop()
-    still_serving_again = BackgroundServer(repository).start()
+    still_serving_again = explicit(repository).start()
     try:
         still_serving(still_serving_again.address)
     finally:
@@ -269,18 +285,24 @@ def test_a_config_without_files_changes_an_uploaded_model(repository, start_serv
     assert error.status() == "StatusCode.NOT_FOUND", error
 
 
-def test_poll_mode_leaves_uploads_alone(repository, start_server):
-    server = BackgroundServer(repository, model_control_mode="poll", repository_poll_secs=0.1).start()
+def test_control_modes_none_and_poll_refuse_uploads_unless_poll_publishes_them(repository, start_server):
+    for mode in ("none", "poll"):
+        address = start_server(repository, model_control_mode=mode, load_model=())
+        error = refused(address, "up", {"file:1/model.onnx": onnx_bytes()})
+        assert error.status() == "StatusCode.FAILED_PRECONDITION", error
+        assert f"--model-control-mode {mode}" in error.message() and "explicit" in error.message(), error.message()
+        still_serving(address)
+    server = BackgroundServer(repository, model_control_mode="poll", repository_poll_secs=0.1,
+                              persist_uploads=True).start()  # fmt: skip
     try:
         triton_load(server.address, "up", {"file:1/model.onnx": onnx_bytes(3.0)})
         polls = server.running.dataplane.registry.polls
-        import time
-
         deadline = time.monotonic() + 10
         while server.running.dataplane.registry.polls < polls + 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         with Client(server.address, timeout=30) as client:
             np.testing.assert_allclose(client.predict("up", X), X * 3)
+        assert (repository / "up" / "1" / "model.onnx").is_file()
     finally:
         server.stop()
 
@@ -315,7 +337,7 @@ def test_several_workers_refuse_uploads_that_would_reach_one_of_them(repository,
     address = start_server(repository, workers=2)
     error = refused(address, "up", {"file:1/model.onnx": onnx_bytes()})
     assert error.status() == "StatusCode.FAILED_PRECONDITION", error
-    assert "--persist-uploads" in error.message(), error.message()
+    assert "--workers" in error.message() and "--persist-uploads" in error.message(), error.message()
     address = start_server(repository, max_upload_bytes=0)
     error = refused(address, "up", {"file:1/model.onnx": onnx_bytes()})
     assert error.status() == "StatusCode.FAILED_PRECONDITION" and "--max-upload-bytes 0" in error.message()
@@ -326,3 +348,24 @@ def test_a_model_over_the_memory_limit_is_resource_exhausted(repository, start_s
     error = refused(address, "up", {"file:1/model.onnx": onnx_bytes()})
     assert error.status() == "StatusCode.RESOURCE_EXHAUSTED", error
     assert "--model-memory-limit" in error.message(), error.message()
+
+
+def test_external_data_outside_the_upload_is_refused(repository, start_server):
+    """A graph whose weights name a file outside its version folder never reads it (ONNX Runtime
+    1.31 validates external data paths; this proves it for uploads)."""
+    model = models.graph_model(
+        [onnx.helper.make_node("Add", ["x", "w"], ["y"])], [("x", TensorProto.FLOAT, [None, 1])],
+        [("y", TensorProto.FLOAT, [None, 1])], [onnx.numpy_helper.from_array(np.zeros((1,), np.float32), "w")],
+    )  # fmt: skip
+    weights = model.graph.initializer[0]
+    weights.ClearField("raw_data")
+    weights.data_location = TensorProto.EXTERNAL
+    address = start_server(repository)
+    for location in ("../../../../../../etc/hostname", "/etc/hostname"):
+        del weights.external_data[:]
+        weights.external_data.add(key="location", value=location)
+        weights.external_data.add(key="length", value="4")
+        error = refused(address, "up", {"file:1/model.onnx": model.SerializeToString()})
+        assert error.status() == "StatusCode.INVALID_ARGUMENT", error
+        assert "External data path" in error.message(), error.message()
+    still_serving(address)
