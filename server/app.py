@@ -257,11 +257,13 @@ async def _publish_health(health: HealthServicer, dataplane: DataPlane) -> None:
 async def run(settings: ServerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain gracefully."""
     fix_mmap_threshold(settings.malloc_mmap_threshold)
-    running = await start_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before loading and binding: a SIGTERM while the server starts (a restarted worker told to
+    # stop) ends in the same clean drain once it has started, not in death by the signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    running = await start_server(settings)
     await stop.wait()
     log.info("shutting down: draining in-flight requests (grace %.1fs)", settings.shutdown_grace_seconds)
     await running.stop(settings.shutdown_grace_seconds)

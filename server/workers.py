@@ -88,6 +88,8 @@ def supervise(settings: ServerSettings) -> int:
     holder.close()
     if http_holder is not None:
         http_holder.close()
-    codes = [p.exitcode for p in workers]
+    # A worker that the SIGTERM met before its interpreter had set up its handlers died by it
+    # (-SIGTERM) while serving nothing yet: for a stop, that is a clean exit.
+    codes = [0 if p.exitcode == -signal.SIGTERM else p.exitcode for p in workers]
     log.info("supervisor: workers exited with %s", codes)
     return 0 if all(c == 0 for c in codes) else 1
