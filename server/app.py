@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from modelport.protocol import load_request
 from modelport.protocol.generated import (
     _pool,
     explain_pb2,
@@ -119,7 +120,8 @@ def add_services(
     """Add inference, feedback, rollout, explanations, health and reflection to `server` (a
     grpc.aio.Server, or anything with its two registration methods), every method parsing its
     requests tolerantly. Without `explainer`, explanations run with the default limits."""
-    registrar = TolerantRegistrar(server)  # requests that do not parse: INVALID_ARGUMENT, not UNKNOWN
+    # Requests that do not parse: INVALID_ARGUMENT, not UNKNOWN. Uploads are read without copies.
+    registrar = TolerantRegistrar(server, {f"/{SERVICE_NAME}/RepositoryModelLoad": load_request.parse})
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), registrar)
     feedback_pb2_grpc.add_FeedbackServicer_to_server(FeedbackServicer(quality), registrar)
     rollout_pb2_grpc.add_RolloutServicer_to_server(RolloutServicer(dataplane), registrar)

@@ -244,7 +244,7 @@ class DataPlane:
         return rollout, default, served
 
     async def load_model(
-        self, name: str, config: str | None = None, files: Mapping[str, bytes] | None = None
+        self, name: str, config: str | None = None, files: Mapping[str, bytes | memoryview] | None = None
     ) -> None:
         """RepositoryModelLoad. With an upload (`files` by their `file:` names, and/or `config`,
         JSON of inference.ModelConfig): the upload becomes the model (server/uploads.py says in

@@ -12,6 +12,7 @@ Errors become `{"error": "..."}` with the status Triton's HTTP server gives the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -163,8 +164,9 @@ class HttpEndpoint:
         name = request.match_info["model"]
         # An upload's files ride base64 in the JSON body: allow a body that size on this route only.
         limit = max(self._settings.max_message_bytes, -(-self._settings.max_upload_bytes * 4 // 3) + UPLOAD_ENVELOPE)
-        body = await _json_body(request.clone(client_max_size=limit))
-        config, files = _upload(name, body.get("parameters") or {})
+        body = await request.clone(client_max_size=limit).read()
+        # JSON and base64 of a large model take seconds: off the event loop.
+        config, files = await asyncio.to_thread(_upload, name, body)
         await self._dp.load_model(name, config, files)
         return web.Response(status=200)
 
@@ -200,7 +202,10 @@ def _header_length(request: web.Request) -> int | None:
 
 
 async def _json_body(request: web.Request) -> dict:
-    body = await request.read()
+    return _json_object(await request.read())
+
+
+def _json_object(body: bytes) -> dict:
     if not body.strip():
         return {}
     try:
@@ -212,9 +217,11 @@ async def _json_body(request: web.Request) -> dict:
     return data
 
 
-def _upload(model: str, parameters: object) -> tuple[str | None, dict[str, bytes]]:
+def _upload(model: str, body: bytes) -> tuple[str | None, dict[str, bytes]]:
     """An upload's `config` (a JSON string, or the config object itself) and files (`file:<path>`,
-    base64 strings), as tritonclient.http's load_model(name, config=..., files=...) sends them."""
+    base64 strings) from a load request's body, as tritonclient.http's load_model(name,
+    config=..., files=...) sends them."""
+    parameters = _json_object(body).get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput(f"model '{model}': 'parameters' must be a JSON object")
     config, files = None, {}

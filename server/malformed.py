@@ -9,7 +9,7 @@ its deadline. Servicers added through `TolerantRegistrar` parse instead: a bad m
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -25,21 +25,28 @@ class MalformedStreamMessage(InvalidInput):
 class TolerantRegistrar:
     """Stands in for the gRPC server while servicers are added (the generated `add_*_to_server`
     functions): every method handler they register is replaced by one that parses requests
-    tolerantly. Cheaper than an interceptor, which grpc.aio runs as extra coroutines per call."""
+    tolerantly. Cheaper than an interceptor, which grpc.aio runs as extra coroutines per call.
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    `parsers` replaces the generated deserializer of a method ("/package.Service/Method") by another
+    (RepositoryModelLoad's reads uploads without copying them: modelport.protocol.load_request)."""
+
+    def __init__(self, server: grpc.aio.Server, parsers: Mapping[str, Callable[[bytes], Any]] | None = None) -> None:
         self._server = server
+        self._parsers = dict(parsers or {})
 
     def add_generic_rpc_handlers(self, handlers) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_TolerantGenericHandler(h) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(_TolerantGenericHandler(h, self._parsers) for h in handlers))
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self._server.add_registered_method_handlers(service, {name: _wrap(h) for name, h in handlers.items()})
+        self._server.add_registered_method_handlers(
+            service, {name: _wrap(h, self._parsers.get(f"/{service}/{name}")) for name, h in handlers.items()}
+        )
 
 
 class _TolerantGenericHandler(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, parsers: Mapping[str, Callable[[bytes], Any]]) -> None:
         self._inner = inner
+        self._parsers = parsers
         # Per method (grpc's handlers are stable objects): wrapped once, not on every call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
@@ -49,13 +56,14 @@ class _TolerantGenericHandler(grpc.GenericRpcHandler):
             return handler
         found = self._wrapped.get(details.method)
         if found is None or found[0] is not handler:
-            found = self._wrapped[details.method] = (handler, _wrap(handler))
+            found = self._wrapped[details.method] = (handler, _wrap(handler, self._parsers.get(details.method)))
         return found[1]
 
 
-def _wrap(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """The same method, parsing its requests with `_tolerant` and refusing the malformed ones."""
-    parse = _tolerant(handler.request_deserializer)
+def _wrap(handler: grpc.RpcMethodHandler, parser: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """The same method, parsing its requests with `_tolerant` (around `parser` when given) and
+    refusing the malformed ones."""
+    parse = _tolerant(handler.request_deserializer, parser)
     if _checks_malformed(handler):  # errors.rpc_errors refuses Malformed itself: one coroutine less per call
         return like(handler, handler.unary_unary, parse)
     if handler.request_streaming:
@@ -72,13 +80,14 @@ def _checks_malformed(handler: grpc.RpcMethodHandler) -> bool:
     return unary and getattr(handler.unary_unary, "checks_malformed", False)
 
 
-def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+def _tolerant(deserializer: Callable[[bytes], Any], parser: Callable[[bytes], Any] | None = None) -> Callable:
     name = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
     type_name = name.full_name if name is not None else "request message"
+    read = parser or deserializer
 
     def parse(data: bytes) -> Any:
         try:
-            return deserializer(data)
+            return read(data)
         except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
             return Malformed(f"the request is not a valid {type_name}: {exc}")
 

@@ -14,6 +14,7 @@ import grpc
 from modelport.protocol import codec
 from modelport.protocol.generated import grpc_service_pb2 as pb
 from modelport.protocol.generated import grpc_service_pb2_grpc as pb_grpc
+from modelport.protocol.load_request import LoadRequest
 
 from . import uploads
 from .dataplane import DataPlane
@@ -138,9 +139,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )  # fmt: skip
 
     @rpc_errors
-    async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context
-    ) -> pb.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(self, request: LoadRequest, context) -> pb.RepositoryModelLoadResponse:
+        # Parsed by modelport.protocol.load_request (app.add_services): files stay in gRPC's buffer.
         config, files = _upload(request)
         await self._dp.load_model(request.model_name, config, files)
         return pb.RepositoryModelLoadResponse()
@@ -172,22 +172,21 @@ def _no_parameters(model: str, parameters, allowed: tuple[str, ...]) -> None:
         raise InvalidInput(f"model '{model}': repository parameters {unknown} are not supported")
 
 
-def _upload(request: pb.RepositoryModelLoadRequest) -> tuple[str | None, dict[str, bytes]]:
+def _upload(request: LoadRequest) -> tuple[str | None, dict[str, memoryview]]:
     """An upload's `config` (string_param, JSON) and files (`file:<path>`, bytes_param), as
     tritonclient's load_model(name, config=..., files=...) sends them."""
     name, config, files = request.model_name, None, {}
     for key, value in request.parameters.items():
-        which = value.WhichOneof("parameter_choice")
         if key == uploads.CONFIG_PARAMETER:
-            if which != "string_param":
+            if value.kind != "string_param":
                 raise InvalidInput(f"model '{name}': the 'config' parameter must be a string_param holding JSON of "
-                                   f"inference.ModelConfig, got {which}")  # fmt: skip
-            config = value.string_param
+                                   f"inference.ModelConfig, got {value.kind}")  # fmt: skip
+            config = value.value
         elif key.startswith(uploads.FILE_PREFIX):
-            if which != "bytes_param":
+            if value.kind != "bytes_param":
                 raise InvalidInput(f"model '{name}': parameter '{key}' must be a bytes_param holding the file's "
-                                   f"bytes, got {which}")  # fmt: skip
-            files[key] = value.bytes_param
+                                   f"bytes, got {value.kind}")  # fmt: skip
+            files[key] = value.value
         else:
             raise InvalidInput(f"model '{name}': repository parameter '{key}' is not supported (expected 'config' "
                                "and 'file:<version>/<name>')")  # fmt: skip

@@ -15,12 +15,14 @@ Uploads are taken where RepositoryModelLoad is (--model-control-mode explicit, a
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -57,7 +59,7 @@ class Upload:
 
     name: str
     config: mc.ModelConfig | None
-    files: dict[PurePosixPath, bytes]
+    files: dict[PurePosixPath, bytes | memoryview]  # memoryviews into the gRPC message (load_request)
 
     @property
     def nbytes(self) -> int:
@@ -99,7 +101,7 @@ class UploadSettings:
         return min(max(max_message_bytes, self.max_bytes + UPLOAD_ENVELOPE), GRPC_LIMIT)
 
 
-def parse(name: str, config: str | None, files: Mapping[str, bytes], max_bytes: int) -> Upload:
+def parse(name: str, config: str | None, files: Mapping[str, bytes | memoryview], max_bytes: int) -> Upload:
     """Check a RepositoryModelLoad's upload: the model's name, each `file:` name (a version file
     `<version>/<file>`, or the model's labels.txt, config.pbtxt or warmup/<file>), the total size
     against `max_bytes`, and the config (JSON of inference.ModelConfig). InvalidInput otherwise."""
@@ -150,7 +152,7 @@ def _file_path(model: str, key: str) -> PurePosixPath:
                        f"'file:{WARMUP_FOLDER}/<name>'")  # fmt: skip
 
 
-def _config(name: str, text: str | None, pbtxt: bytes | None) -> mc.ModelConfig | None:
+def _config(name: str, text: str | None, pbtxt: bytes | memoryview | None) -> mc.ModelConfig | None:
     """The upload's config: the `config` parameter (JSON, as Triton takes it) or a config.pbtxt file."""
     if text is not None and pbtxt is not None:
         raise InvalidInput(f"model '{name}': the upload has both a 'config' parameter and 'file:{CONFIG_FILE}'; "
@@ -162,7 +164,7 @@ def _config(name: str, text: str | None, pbtxt: bytes | None) -> mc.ModelConfig 
         if text is not None:
             json_format.Parse(text, config, ignore_unknown_fields=True)
         else:
-            text_format.Parse(pbtxt.decode(), config, allow_unknown_field=True)  # type: ignore[union-attr]
+            text_format.Parse(str(pbtxt, "utf-8"), config, allow_unknown_field=True)  # type: ignore[arg-type]
     except (json_format.ParseError, text_format.ParseError, UnicodeDecodeError) as exc:
         kind = "the 'config' parameter is not JSON of" if text is not None else f"{CONFIG_FILE} is not"
         raise InvalidInput(f"model '{name}': {kind} a model configuration (inference.ModelConfig): {exc}") from None
@@ -188,10 +190,12 @@ class Uploads:
         self._check_allowed(upload.name)
         config_only = not upload.files
         if config_only:
-            upload = self._with_current_files(upload)
+            upload = await asyncio.to_thread(self._with_current_files, upload)
         elif self.settings.persist:
             self._check_unpublished(upload)
-        folder = self._write(upload)
+        start = time.perf_counter()
+        folder = await asyncio.to_thread(self._write, upload)  # off the event loop: gigabytes take seconds
+        written = time.perf_counter()
         try:
             loaded = await self._preload(upload, folder)
             if self.settings.persist:
@@ -204,7 +208,8 @@ class Uploads:
         if self.settings.persist:
             shutil.rmtree(folder.parent, ignore_errors=True)
         event(log, logging.INFO, "model_uploaded", model=upload.name, versions=",".join(map(str, upload.versions)),
-              bytes=upload.nbytes, persisted=self.settings.persist)  # fmt: skip
+              bytes=upload.nbytes, persisted=self.settings.persist, write_seconds=round(written - start, 3),
+              seconds=round(time.perf_counter() - start, 3))  # fmt: skip
 
     def _check_allowed(self, name: str) -> None:
         """Uploads change what the server serves: allowed where RepositoryModelLoad is (explicit
@@ -339,7 +344,7 @@ class Uploads:
             shutil.rmtree(folder.parent, ignore_errors=True)
 
 
-def _write_new(path: Path, data: bytes) -> None:
+def _write_new(path: Path, data: bytes | memoryview) -> None:
     """Create `path` (never an existing file, never through a symbolic link) holding `data`."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "wb") as file:

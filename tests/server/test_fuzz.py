@@ -669,6 +669,7 @@ def test_bytes_that_are_not_a_request_get_invalid_argument(raw_channel, stub, se
     ("/inference.GRPCInferenceService/ServerLive", "inference.ServerLiveRequest"),
     ("/inference.GRPCInferenceService/ModelMetadata", "inference.ModelMetadataRequest"),
     ("/inference.GRPCInferenceService/RepositoryIndex", "inference.RepositoryIndexRequest"),
+    ("/inference.GRPCInferenceService/RepositoryModelLoad", "inference.RepositoryModelLoadRequest"),
     ("/grpc.health.v1.Health/Check", "grpc.health.v1.HealthCheckRequest"),
     ("/modelport.v1.Feedback/ReportLabel", "modelport.v1.ReportLabelRequest"),
 ])
