@@ -12,9 +12,14 @@ import numpy as np
 
 from modelport.protocol.datatypes import NUMPY_DTYPES
 from modelport.protocol.generated import feedback_pb2 as fb
+from modelport.protocol.repository import GRPC_MESSAGE_LIMIT
 from modelport.protocol.types import ModelMetadata
 
 MIB = 1024 * 1024
+# What the client lets gRPC send: its own ceiling (as tritonclient sets it). The server's receive
+# limit is the one that counts; a client-side cap would only refuse model uploads (RepositoryModelLoad
+# files) the server accepts.
+SEND_LIMIT = GRPC_MESSAGE_LIMIT
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,9 @@ def channel_spec(
     of "ip:port" addresses (spread with round_robin unless told otherwise).
 
     Calls that end UNAVAILABLE or CANCELLED by the server (a replica draining or gone) are retried
-    up to `retries` times with backoff, by gRPC itself; inference is stateless, so a retry is safe."""
+    up to `retries` times with backoff, by gRPC itself; inference is stateless, so a retry is safe.
+    `max_message_bytes` bounds what is received; what is sent is bounded by the server's limit only
+    (SEND_LIMIT here), so an oversized request gets the server's RESOURCE_EXHAUSTED, naming its limit."""
     if not isinstance(url, str):
         addresses = list(url)
         if not addresses:
@@ -50,7 +57,7 @@ def channel_spec(
         url = "ipv4:" + ",".join(addresses) if len(addresses) > 1 else addresses[0]
         load_balancing = load_balancing or ("round_robin" if len(addresses) > 1 else None)
     options: list[tuple[str, object]] = [
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", SEND_LIMIT),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
     service_config: dict[str, object] = {}

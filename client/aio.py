@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +20,9 @@ from modelport.protocol.generated import rollout_pb2 as ro
 from modelport.protocol.generated import rollout_pb2_grpc as ro_grpc
 from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ModelQuality, ServerMetadata
 
+from . import upload
 from ._common import channel_spec, chunks, is_http, label_request, predict_plan, prepare
+from .deploy import deploy_async
 from .errors import InferenceServerError
 from .explanation import Explanation, explain_inputs, explain_request
 
@@ -39,6 +42,7 @@ class AsyncClient:
         self, url: str | Sequence[str], *, timeout: float | None = None, token: str | None = None, **channel: Any
     ) -> None:
         spec = channel_spec(url, **channel)
+        self.url = spec.target
         # A bearer token rides in each call's metadata (servers started with --auth-token-file).
         self._auth = (("authorization", f"Bearer {token}"),) if token else None
         if spec.credentials is None:
@@ -175,9 +179,27 @@ class AsyncClient:
         msg = await self._call(self._stub.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready_only), timeout)
         return [ModelIndexEntry(m.name, m.version, m.state, m.reason) for m in msg.models]
 
-    async def load_model(self, name: str, *, timeout: float | None = None) -> None:
-        """RepositoryModelLoad: load or reload `name` (server in explicit mode)."""
-        await self._call(self._stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=name), timeout)
+    async def load_model(
+        self, name: str, *, config: upload.Config = None, files: upload.Files = None, timeout: float | None = None
+    ) -> None:
+        """See Client.load_model: RepositoryModelLoad, an upload with `config` and/or `files`."""
+        request = upload.grpc_request(name, config, files)
+        try:
+            await self._call(self._stub.RepositoryModelLoad, request, timeout)
+        except InferenceServerError as exc:
+            raise upload.explain_refusal(exc, name, files, self.url, http=False) from None
+
+    async def deploy(
+        self, source: Any, name: str, *, version: int | None = None, sample: Any = None, config: upload.Config = None,
+        sign_key: str | Path | None = None, encrypt_key_file: str | Path | None = None,
+        labels: Sequence[str] | None = None, progress: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncModel:  # fmt: skip
+        """See Client.deploy; the packaging (a conversion takes seconds) runs in a worker thread
+        (asyncio.to_thread), so the event loop keeps serving, and `progress` is called from there."""
+        return await deploy_async(self, source, name, version=version, timeout=timeout, progress=progress,
+                                  sample=sample, config=config, sign_key=sign_key,
+                                  encrypt_key_file=encrypt_key_file, labels=labels)  # fmt: skip
 
     async def unload_model(self, name: str, *, timeout: float | None = None) -> None:
         """RepositoryModelUnload: stop serving `name` once its running requests finish."""
@@ -208,13 +230,18 @@ class AsyncClient:
 
 
 class AsyncModel:
-    """One model of a server, async: `await model.predict(x)`."""
+    """One model of a server, async: `await model.predict(x)`. `deployed_version` as on Model."""
 
     def __init__(self, client: AsyncClient, name: str, version: str = "") -> None:
         self.client, self.name, self.version = client, name, version
+        self.deployed_version: int | None = None
+        # Rows per request in predict() when the call gives no batch_size, as Keras batches; deploy()
+        # sets the model's max_batch_size, so any number of rows works.
+        self.batch_size: int | None = None
 
     async def predict(self, x: object, **kwargs: Any) -> np.ndarray:
-        """See Client.predict."""
+        """See Client.predict; `batch_size` defaults to the handle's."""
+        kwargs.setdefault("batch_size", self.batch_size)
         return await self.client.predict(self.name, x, version=self.version, **kwargs)
 
     async def infer(self, inputs: Mapping[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 EPILOG = """examples:
   modelport serve --model-repository ./models --grpc-port 8001
   modelport convert model.keras --model-repository ./models --name mlp
+  modelport deploy model.h5 --url localhost:8001 --name mlp     # convert here, upload to a running server
   modelport predict --url localhost:8001 --model mlp --input x.npy
   modelport models --url localhost:8001 list
 
@@ -50,6 +51,8 @@ COMMANDS: dict[str, Command] = {
                         "convert"),
     "sign": Command("modelport.converter.sign_cli",
                     "sign a published version (OpenSSF model-signing) for `serve --verify-key`", "convert"),
+    "deploy": Command("modelport.client.deploy_cli",
+                      "convert a model here and upload it to a running server (RepositoryModelLoad with files)"),
     "predict": Command("modelport.client.predict_cli", "run a served model on a .npy/.npz file"),
     "bench": Command("modelport.client.bench_cli",
                      "measure throughput and latency of a served model over a concurrency sweep"),
@@ -98,8 +101,9 @@ def _module(name: str, spec: Command):
 
 
 def _extra_hint(name: str, spec: Command, exc: ImportError) -> str:
-    extra = spec.extra or "the client"
-    return f"`modelport {name}` needs the {extra} extra: pip install 'modelport[{extra}]' ({exc})"
+    if not spec.extra:  # a client command: the base install is broken or incomplete
+        return f"`modelport {name}` needs the client: pip install modelport ({exc})"
+    return f"`modelport {name}` needs the {spec.extra} extra: pip install 'modelport[{spec.extra}]' ({exc})"
 
 
 def _version() -> str:
@@ -152,7 +156,9 @@ def message(exc: BaseException, command: str | None) -> str:
     """One paragraph naming the cause (and the fix, where the error knows it)."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
-    if isinstance(exc, ImportError) and not isinstance(exc, MissingExtra) and command in COMMANDS:
+    # An ImportError that carries its own exit code (a missing extra the error names itself) says what to install.
+    own = isinstance(exc, MissingExtra) or hasattr(exc, "exit_code")
+    if isinstance(exc, ImportError) and not own and command in COMMANDS:
         return _extra_hint(command, COMMANDS[command], exc)
     import grpc
 

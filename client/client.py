@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +20,9 @@ from modelport.protocol.generated import rollout_pb2 as ro
 from modelport.protocol.generated import rollout_pb2_grpc as ro_grpc
 from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ModelQuality, ServerMetadata
 
+from . import upload
 from ._common import channel_spec, chunks, is_http, label_request, predict_plan, prepare
+from .deploy import deploy as deploy_model
 from .errors import InferenceServerError
 from .explanation import Explanation, explain_inputs, explain_request
 
@@ -51,6 +54,7 @@ class Client:
         self, url: str | Sequence[str], *, timeout: float | None = None, token: str | None = None, **channel: Any
     ) -> None:
         spec = channel_spec(url, **channel)
+        self.url = spec.target
         # A bearer token rides in each call's metadata (servers started with --auth-token-file).
         self._auth = (("authorization", f"Bearer {token}"),) if token else None
         if spec.credentials is None:
@@ -186,9 +190,44 @@ class Client:
         msg = self._call(self._stub.RepositoryIndex, pb.RepositoryIndexRequest(ready=ready_only), timeout)
         return [ModelIndexEntry(m.name, m.version, m.state, m.reason) for m in msg.models]
 
-    def load_model(self, name: str, *, timeout: float | None = None) -> None:
-        """RepositoryModelLoad: load or reload `name` (server in explicit mode)."""
-        self._call(self._stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=name), timeout)
+    def load_model(
+        self, name: str, *, config: upload.Config = None, files: upload.Files = None, timeout: float | None = None
+    ) -> None:
+        """RepositoryModelLoad: load or reload `name` from the server's repository (server in
+        explicit mode). With `config` (JSON text, a dict or an inference.ModelConfig) and/or `files`
+        ({"file:1/model.onnx": bytes, ...}: Triton's parameters, as tritonclient sends them), the
+        model itself is uploaded, in one message (needs the admin scope where the server has auth);
+        `deploy()` packages a Keras or ONNX model that way."""
+        request = upload.grpc_request(name, config, files)
+        try:
+            self._call(self._stub.RepositoryModelLoad, request, timeout)
+        except InferenceServerError as exc:
+            raise upload.explain_refusal(exc, name, files, self.url, http=False) from None
+
+    def deploy(
+        self, source: Any, name: str, *, version: int | None = None, sample: Any = None, config: upload.Config = None,
+        sign_key: str | Path | None = None, encrypt_key_file: str | Path | None = None,
+        labels: Sequence[str] | None = None, progress: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> Model:  # fmt: skip
+        """Hand `source` to the server as model `name` and return its handle: `.predict(x)` as in
+        Keras (any number of rows, sent in batches of the model's max_batch_size: `.batch_size`),
+        `.deployed_version` the version uploaded.
+
+        `source` is a .keras / .h5 file, a SavedModel folder or an in-memory Keras model — converted
+        here to ONNX with the parity gate on `sample` (arrays or an .npz path; random inputs without
+        one), which needs the convert extra (pip install "modelport[convert]") — or an .onnx file,
+        uploaded as it is with its external-data files. `version` defaults to one more than the
+        highest the server lists for `name`. `config` replaces the converter's config.pbtxt
+        (a bare .onnx file gets the server's auto-completed one unless given); `labels` become
+        labels.txt; `sign_key` signs the version (for servers with --verify-key),
+        `encrypt_key_file` encrypts it (for --decrypt-key-file). `progress` receives one line per
+        step (the converter's, then upload and load). The upload replaces what the server served
+        under `name` until it is unloaded (or is published into its repository with
+        --persist-uploads); it needs the admin scope where the server has auth."""
+        return deploy_model(self, source, name, version=version, timeout=timeout, progress=progress, sample=sample,
+                            config=config, sign_key=sign_key, encrypt_key_file=encrypt_key_file,
+                            labels=labels)  # fmt: skip
 
     def unload_model(self, name: str, *, timeout: float | None = None) -> None:
         """RepositoryModelUnload: stop serving `name` once its running requests finish."""
@@ -219,13 +258,19 @@ class Client:
 
 
 class Model:
-    """One model of a server: `predict`, `infer`, `metadata`, `is_ready`."""
+    """One model of a server: `predict`, `infer`, `metadata`, `is_ready`. `deployed_version` is
+    the version `deploy()` uploaded (None for handles from `model()`)."""
 
     def __init__(self, client: Client, name: str, version: str = "") -> None:
         self.client, self.name, self.version = client, name, version
+        self.deployed_version: int | None = None
+        # Rows per request in predict() when the call gives no batch_size, as Keras batches; deploy()
+        # sets the model's max_batch_size, so any number of rows works.
+        self.batch_size: int | None = None
 
     def predict(self, x: object, **kwargs: Any) -> np.ndarray:
-        """See Client.predict."""
+        """See Client.predict; `batch_size` defaults to the handle's."""
+        kwargs.setdefault("batch_size", self.batch_size)
         return self.client.predict(self.name, x, version=self.version, **kwargs)
 
     def infer(self, inputs: Mapping[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ from modelport.protocol.generated import model_config_pb2 as mc
 from modelport.protocol.generated import rollout_pb2 as ro
 from modelport.protocol.types import ModelIndexEntry, ModelMetadata, ModelQuality, ServerMetadata
 
+from . import upload
 from ._http import HttpTransport, model_path, raise_for_status, repository_path
 from .aio import AsyncClient
 from .client import Client
@@ -158,9 +159,19 @@ class HttpClient(Client):
         return [ModelIndexEntry(m["name"], m.get("version", ""), m.get("state", ""), m.get("reason", ""))
                 for m in self._json("POST", "/v2/repository/index", timeout, body) or []]  # fmt: skip
 
-    def load_model(self, name: str, *, timeout: float | None = None) -> None:
-        """POST /v2/repository/models/{name}/load."""
-        self._json("POST", repository_path(name, "load"), timeout, b"{}")
+    def load_model(
+        self, name: str, *, config: upload.Config = None, files: upload.Files = None, timeout: float | None = None
+    ) -> None:
+        """POST /v2/repository/models/{name}/load; an upload's `config` and `files` go as the
+        body's parameters (files in base64), as tritonclient.http sends them."""
+        body = upload.http_body(config, files) if config is not None or files else b"{}"
+        try:
+            self._json("POST", repository_path(name, "load"), timeout, body)
+        except InferenceServerError as exc:
+            raise upload.explain_refusal(exc, name, files, self.url, http=True) from None
+
+    # The same flow as over gRPC: built on repository_index() and load_model().
+    deploy = Client.deploy
 
     def unload_model(self, name: str, *, timeout: float | None = None) -> None:
         """POST /v2/repository/models/{name}/unload."""
@@ -280,9 +291,14 @@ class AsyncHttpClient(AsyncClient):
         """See HttpClient.repository_index."""
         return await self._run(self._sync.repository_index, ready_only=ready_only, timeout=timeout)
 
-    async def load_model(self, name: str, *, timeout: float | None = None) -> None:
+    async def load_model(
+        self, name: str, *, config: upload.Config = None, files: upload.Files = None, timeout: float | None = None
+    ) -> None:
         """See HttpClient.load_model."""
-        await self._run(self._sync.load_model, name, timeout=timeout)
+        await self._run(self._sync.load_model, name, config=config, files=files, timeout=timeout)
+
+    # The same flow as over gRPC: built on repository_index() and load_model().
+    deploy = AsyncClient.deploy
 
     async def unload_model(self, name: str, *, timeout: float | None = None) -> None:
         """See HttpClient.unload_model."""

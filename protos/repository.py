@@ -18,6 +18,12 @@ MODEL_DATA_FILE = "model.onnx.data"  # external data of MODEL_FILE (its tensors 
 CONVERSION_FILE = "conversion.json"
 PLATFORM = "onnxruntime_onnx"
 
+# A model handed over RepositoryModelLoad (Triton's parameters): its config as JSON, its files by path.
+UPLOAD_CONFIG = "config"
+UPLOAD_FILE_PREFIX = "file:"  # "file:<version>/<name>" (or a model folder's own file, "file:labels.txt")
+GRPC_MESSAGE_LIMIT = 2**31 - 1  # the most one gRPC message holds (lengths are int32)
+UPLOAD_ENVELOPE = 1024 * 1024  # room in an upload's message for what is not file bytes (names, config)
+
 
 def is_version_name(name: str) -> bool:
     """Whether a folder name is a version: ASCII digits only (str.isdigit alone admits '²')."""

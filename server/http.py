@@ -29,6 +29,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from modelport.protocol import rest
 from modelport.protocol.codec import CodecError
 from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol.repository import UPLOAD_ENVELOPE
 
 from . import uploads
 from .auth import TokenFile
@@ -37,7 +38,6 @@ from .errors import InvalidInput, ModelportError, Unimplemented, http_status, st
 from .logs import event
 from .servicer import NOT_IMPLEMENTED, statistics_message
 from .settings import ServerSettings
-from .uploads import UPLOAD_ENVELOPE
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -30,7 +30,15 @@ from pathlib import Path, PurePosixPath
 from google.protobuf import json_format, text_format
 
 from modelport.protocol.generated import model_config_pb2 as mc
-from modelport.protocol.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILE
+from modelport.protocol.repository import (
+    CONFIG_FILE,
+    GRPC_MESSAGE_LIMIT,
+    LABELS_FILE,
+    MODEL_FILE,
+    UPLOAD_CONFIG,
+    UPLOAD_ENVELOPE,
+    UPLOAD_FILE_PREFIX,
+)
 from modelport.protocol.sealed import SIGNATURE_FILE
 
 from .errors import AlreadyExists, InvalidInput, ModelLoadError, ModelNotFound, ModelTooLarge, NotAllowed
@@ -41,12 +49,8 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-FILE_PREFIX = "file:"
-CONFIG_PARAMETER = "config"
+FILE_PREFIX, CONFIG_PARAMETER = UPLOAD_FILE_PREFIX, UPLOAD_CONFIG
 WARMUP_FOLDER = "warmup"  # Triton's model_warmup input_data_file folder
-# Room in a RepositoryModelLoad message for what is not file bytes (names, config, framing).
-UPLOAD_ENVELOPE = 1024 * 1024
-GRPC_LIMIT = 2**31 - 1  # gRPC lengths are int32; protobuf refuses larger messages anyway
 PERSIST_FOLDER = ".modelport-uploads"  # staging inside the repository (hidden: never scanned as a model)
 # A file or model name: no separators, no leading dot (hidden files, '.', '..'), nothing a shell
 # or a file system treats specially.
@@ -98,7 +102,7 @@ class UploadSettings:
         plane still holds inference requests to --grpc-max-message-size)."""
         if not self.max_bytes:
             return max_message_bytes
-        return min(max(max_message_bytes, self.max_bytes + UPLOAD_ENVELOPE), GRPC_LIMIT)
+        return min(max(max_message_bytes, self.max_bytes + UPLOAD_ENVELOPE), GRPC_MESSAGE_LIMIT)
 
 
 def parse(name: str, config: str | None, files: Mapping[str, bytes | memoryview], max_bytes: int) -> Upload:

@@ -51,6 +51,15 @@ def test_client_imports_neither_server_nor_converter() -> None:
     assert offenders("client", ("modelport.server", "modelport.converter")) == {}
 
 
+def test_only_deploy_packaging_reaches_the_converter() -> None:
+    """`Client.deploy` converts Keras sources with the converter (the `convert` extra, issue 19):
+    besides the `modelport` command's table of subcommands, client/packaging.py alone names it,
+    importing it by name while a conversion runs, so the client install works without it."""
+    naming = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "client").rglob("*.py")
+                    if "modelport.converter" in p.read_text())  # fmt: skip
+    assert naming == ["client/cli.py", "client/packaging.py"], naming
+
+
 def test_no_import_circle_in_the_server() -> None:
     graph = {}
     for path in sorted((ROOT / "server").glob("*.py")):
@@ -79,7 +88,7 @@ def test_client_commands_load_neither_server_nor_converter() -> None:
         "import sys\n"
         "from modelport.client.cli import main\n"
         "for argv in (['--help'], ['predict', '--help'], ['bench', '--help'], ['evaluate', '--help'], "
-        "['models', '--help']):\n"
+        "['models', '--help'], ['deploy', '--help']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"

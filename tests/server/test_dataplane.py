@@ -601,7 +601,8 @@ def test_codec_round_trip_around_one_call(repo: Path) -> None:
     async def run():
         async with serving(repo) as dp:
             decoded = codec.decode_request(wire, DEFAULTS.max_tensor_elements)
-            assert decoded.error == "" and A.nbytes + B.nbytes < decoded.nbytes <= wire.ByteSize()  # tensors + an estimate of the rest
+            # the tensors' bytes and an estimate of the rest
+            assert decoded.error == "" and A.nbytes + B.nbytes < decoded.nbytes <= wire.ByteSize()
             return codec.encode_response(await dp.infer(decoded))
 
     response = pb.ModelInferResponse.FromString(asyncio.run(run()).SerializeToString())
