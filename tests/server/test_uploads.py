@@ -369,3 +369,32 @@ def test_external_data_outside_the_upload_is_refused(repository, start_server):
         assert error.status() == "StatusCode.INVALID_ARGUMENT", error
         assert "External data path" in error.message(), error.message()
     still_serving(address)
+
+
+def test_a_config_pbtxt_file_and_labels_come_with_the_upload(repository, start_server):
+    config = (b'name: "up"\nmax_batch_size: 4\n'
+              b'output { name: "y" data_type: TYPE_FP32 dims: [3] label_filename: "labels.txt" }\n')
+    address = start_server(repository)
+    triton_load(address, "up", {"file:1/model.onnx": onnx_bytes(1.0), "file:config.pbtxt": config,
+                                "file:labels.txt": b"cat\ndog\nemu\n"})  # fmt: skip
+    peer = triton.InferenceServerClient(address)
+    try:
+        tensor = triton.InferInput("x", [1, 3], "FP32")
+        tensor.set_data_from_numpy(np.array([[0.1, 0.9, 0.3]], np.float32))
+        top = peer.infer("up", [tensor], outputs=[triton.InferRequestedOutput("y", class_count=1)]).as_numpy("y")
+        assert top[0][0].decode().endswith(":1:dog"), top
+        assert peer.get_model_config("up").config.max_batch_size == 4
+    finally:
+        peer.close()
+    error = refused(address, "up", {"file:1/model.onnx": onnx_bytes(), "file:config.pbtxt": config}, CONFIG)
+    assert error.status() == "StatusCode.INVALID_ARGUMENT" and "send one" in error.message(), error
+
+
+def test_an_http_upload_over_the_limit_names_the_flag(repository):
+    with explicit(repository, max_upload_bytes=1000) as server:
+        body = json.dumps({"parameters": {"file:1/model.onnx": base64.b64encode(b"\0" * 10_000).decode()}}).encode()
+        request = urllib.request.Request(f"{server.http_url}/v2/repository/models/up/load", body)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        assert caught.value.code == 400 and "--max-upload-bytes" in json.loads(caught.value.read())["error"]
+        still_serving(server.address)
