@@ -28,8 +28,7 @@ from typing import Any
 from google.protobuf import text_format
 
 from modelport.protocol.generated import model_config_pb2 as mc
-from modelport.protocol.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILE
-from modelport.protocol.sealed import SIGNATURE_FILE
+from modelport.protocol.repository import CONFIG_FILE, LABELS_FILE, MODEL_FILE, SIGNATURE_FILE
 
 from . import upload
 

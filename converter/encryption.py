@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from modelport.protocol import sealed
-from modelport.protocol.repository import CONVERSION_FILE
+from modelport.protocol.repository import CONVERSION_FILE, SIGNATURE_FILE
 
 
 def check_key(path: str | Path) -> sealed.Key:
@@ -26,7 +26,7 @@ def encrypt_folder(folder: Path, key_file: str | Path) -> dict:
     data_key = sealed.new_data_key()
     names = []
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        if path.name in (CONVERSION_FILE, sealed.SIGNATURE_FILE):
+        if path.name in (CONVERSION_FILE, SIGNATURE_FILE):
             continue
         if sealed.is_sealed(path):
             raise ValueError(f"{path} is encrypted already")

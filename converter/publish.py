@@ -23,9 +23,9 @@ from modelport.protocol.repository import (
     MODEL_DATA_FILE,
     MODEL_FILE,
     PLATFORM,
+    SIGNATURE_FILE,
     version_folders,
 )
-from modelport.protocol.sealed import SIGNATURE_FILE
 
 _HASH_CHUNK = 8 * 2**20
 

@@ -16,8 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from modelport.protocol.repository import version_folders
-from modelport.protocol.sealed import SIGNATURE_FILE
+from modelport.protocol.repository import SIGNATURE_FILE, version_folders
 
 SIGNATURE_FORMAT = "OpenSSF model-signing 1.x, Sigstore bundle signed by an elliptic-curve key"
 

@@ -16,6 +16,7 @@ LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.onnx"
 MODEL_DATA_FILE = "model.onnx.data"  # external data of MODEL_FILE (its tensors name it, relative to the version folder)
 CONVERSION_FILE = "conversion.json"
+SIGNATURE_FILE = "model.sig"  # OpenSSF model-signing bundle inside a version folder; it signs every other file
 PLATFORM = "onnxruntime_onnx"
 
 # A model handed over RepositoryModelLoad (Triton's parameters): its config as JSON, its files by path.

@@ -46,7 +46,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-SIGNATURE_FILE = "model.sig"  # OpenSSF model-signing bundle inside a version folder; it signs every other file
 MAGIC = b"MPSEALED"
 FORMAT_VERSION = 1
 HEADER = struct.Struct(">8sHH8s40s7sxIQ")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelport.protocol import sealed
-from modelport.protocol.repository import CONVERSION_FILE
+from modelport.protocol.repository import CONVERSION_FILE, SIGNATURE_FILE
 
 from .errors import ModelLoadError
 from .runtime import InMemoryModel
@@ -86,7 +86,7 @@ def verify(folder: Path, where: str, key_paths: Sequence[Path]) -> Path:
     that does not verify."""
     from model_signing import verifying
 
-    signature = folder / sealed.SIGNATURE_FILE
+    signature = folder / SIGNATURE_FILE
     if not signature.is_file():
         raise ModelLoadError(f"{where}: not signed: {signature} is missing, and this server loads only signed "
                              "versions (--verify-key); sign it with `modelport sign`")  # fmt: skip
@@ -129,5 +129,5 @@ def _differences(text: str) -> str:
 
 
 def _may_be_sealed(path: Path) -> bool:
-    plain = (CONVERSION_FILE, sealed.SIGNATURE_FILE)
+    plain = (CONVERSION_FILE, SIGNATURE_FILE)
     return path.is_file() and path.name not in plain and not path.name.startswith(".")

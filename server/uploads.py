@@ -35,11 +35,11 @@ from modelport.protocol.repository import (
     GRPC_MESSAGE_LIMIT,
     LABELS_FILE,
     MODEL_FILE,
+    SIGNATURE_FILE,
     UPLOAD_CONFIG,
     UPLOAD_ENVELOPE,
     UPLOAD_FILE_PREFIX,
 )
-from modelport.protocol.sealed import SIGNATURE_FILE
 
 from .errors import AlreadyExists, InvalidInput, ModelLoadError, ModelNotFound, ModelTooLarge, NotAllowed
 from .logs import event

@@ -94,7 +94,7 @@ def test_client_commands_load_neither_server_nor_converter() -> None:
         "    except SystemExit:\n"
         "        pass\n"
         "loaded = [m for m in ('modelport.server', 'modelport.converter', 'pydantic_settings', 'onnxruntime', "
-        "'tensorflow')\n"
+        "'tensorflow', 'onnx', 'cryptography')\n"
         "          if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
