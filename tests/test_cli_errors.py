@@ -157,3 +157,13 @@ def test_quality_and_rollout_mistakes(capsys, files, address) -> None:
     assert_one_error(code, err, "no running rollout", exit_code=2)
     code, err = run(capsys, "rollout", "status", "--url", UNREACHABLE, "--model", "scale", "--timeout", "5")
     assert_one_error(code, err, "UNAVAILABLE", exit_code=1)
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly(files, address) -> None:
+    """`modelport predict ... | head -1`: no 'Broken pipe' error, exit 141 as a shell reports it."""
+    command = [sys.executable, "-m", "modelport.client.cli", "predict", "--url", address, "--model", "scale",
+               "--input", str(files["npy"])]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the first line is written
+    assert process.wait(60) == 141
+    assert process.stderr.read().decode().strip() == ""
