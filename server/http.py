@@ -38,6 +38,7 @@ from .errors import InvalidInput, ModelportError, Unimplemented, http_status, st
 from .logs import event
 from .servicer import NOT_IMPLEMENTED, statistics_message
 from .settings import ServerSettings
+from .uploads import UploadSettings
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -163,7 +164,9 @@ class HttpEndpoint:
     async def load(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
         # An upload's files ride base64 in the JSON body: allow a body that size on this route only.
-        limit = max(self._settings.max_message_bytes, -(-self._settings.max_upload_bytes * 4 // 3) + UPLOAD_ENVELOPE)
+        limit = self._settings.max_message_bytes
+        if UploadSettings.of(self._settings).refusal() is None:
+            limit = max(limit, -(-self._settings.max_upload_bytes * 4 // 3) + UPLOAD_ENVELOPE)
         body = await request.clone(client_max_size=limit).read()
         # JSON and base64 of a large model take seconds: off the event loop.
         config, files = await asyncio.to_thread(_upload, name, body)

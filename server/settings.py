@@ -97,7 +97,7 @@ class ServerSettings(BaseSettings):
     max_upload_bytes: ByteSize = option(
         2 * 1024 * MIB, "largest model upload (RepositoryModelLoad with file: parameters, `modelport deploy`; taken in "
         "--model-control-mode explicit, or poll with --persist-uploads), all its files together; accepts 2GiB, 500MB "
-        "or bytes; the gRPC and HTTP receive limits grow to fit one (inference "
+        "or bytes; where uploads are taken the gRPC and HTTP receive limits grow to fit one (inference "
         "requests stay under --grpc-max-message-size); 0 refuses uploads", metavar="BYTES", shown="2 GiB", ge=0,
     )
     persist_uploads: bool = option(

@@ -97,10 +97,29 @@ class UploadSettings:
         return cls(settings.max_upload_bytes, settings.persist_uploads, settings.workers,
                    settings.model_control_mode, bool(settings.verify_key))  # fmt: skip
 
-    def grpc_receive_limit(self, max_message_bytes: int) -> int:
-        """The gRPC server's receive limit: inference's limit, or an upload's when larger (the data
-        plane still holds inference requests to --grpc-max-message-size)."""
+    def refusal(self) -> str | None:
+        """Why this server takes no uploads; None when it takes them. Uploads change what the server
+        serves: they are taken where RepositoryModelLoad is (explicit mode, as in Triton), and in
+        poll mode when they are published into the polled repository; by one process only."""
         if not self.max_bytes:
+            return "this server takes no uploads (--max-upload-bytes 0)"
+        mode = self.control_mode
+        if mode == "none" or (mode == "poll" and not self.persist):
+            also = " or add --persist-uploads (uploads are then published into the repository it polls)"
+            return (f"uploading a model changes what the server serves, which --model-control-mode {mode} does not "
+                    "allow (as in Triton); start the server with --model-control-mode explicit"
+                    + (also if mode == "poll" else ""))  # fmt: skip
+        if self.workers > 1 and not (self.persist and mode == "poll"):
+            return (f"this server runs {self.workers} worker processes (--workers) and an upload reaches only one "
+                    "of them; upload to a server with --workers 1, or start it with --persist-uploads and "
+                    "--model-control-mode poll (every worker then loads the published version at its next poll)")
+        return None
+
+    def grpc_receive_limit(self, max_message_bytes: int) -> int:
+        """The gRPC server's receive limit: inference's limit, or, on a server that takes uploads,
+        an upload's when larger (the data plane still holds inference requests to
+        --grpc-max-message-size). A server that takes none never buffers a message above inference's."""
+        if self.refusal() is not None:
             return max_message_bytes
         return min(max(max_message_bytes, self.max_bytes + UPLOAD_ENVELOPE), GRPC_MESSAGE_LIMIT)
 
@@ -216,25 +235,9 @@ class Uploads:
               seconds=round(time.perf_counter() - start, 3))  # fmt: skip
 
     def _check_allowed(self, name: str) -> None:
-        """Uploads change what the server serves: allowed where RepositoryModelLoad is (explicit
-        mode, as in Triton), and in poll mode when they are published into the polled repository."""
-        settings = self.settings
-        if not settings.max_bytes:
-            raise NotAllowed(f"model '{name}': this server takes no uploads (--max-upload-bytes 0)")
-        mode = settings.control_mode
-        if mode == "none" or (mode == "poll" and not settings.persist):
-            also = " or add --persist-uploads (uploads are then published into the repository it polls)"
-            raise NotAllowed(
-                f"model '{name}': uploading a model changes what the server serves, which --model-control-mode "
-                f"{mode} does not allow (as in Triton); start the server with --model-control-mode explicit"
-                + (also if mode == "poll" else "")
-            )
-        if settings.workers > 1 and not (settings.persist and settings.control_mode == "poll"):
-            raise NotAllowed(
-                f"model '{name}': this server runs {settings.workers} worker processes (--workers) and an upload "
-                "reaches only one of them; upload to a server with --workers 1, or start it with --persist-uploads "
-                "and --model-control-mode poll (every worker then loads the published version at its next poll)"
-            )
+        why = self.settings.refusal()
+        if why is not None:
+            raise NotAllowed(f"model '{name}': {why}")
 
     def _with_current_files(self, upload: Upload) -> Upload:
         """A config without files: the model's current files with the new config (Triton's

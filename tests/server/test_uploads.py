@@ -398,3 +398,19 @@ def test_an_http_upload_over_the_limit_names_the_flag(repository):
             urllib.request.urlopen(request, timeout=30)
         assert caught.value.code == 400 and "--max-upload-bytes" in json.loads(caught.value.read())["error"]
         still_serving(server.address)
+
+
+def test_only_a_server_that_takes_uploads_receives_messages_larger_than_inferences() -> None:
+    from modelport.server.uploads import UploadSettings
+
+    mib = 2**20
+    explicit_mode = UploadSettings(100 * mib, persist=False, workers=1, control_mode="explicit", verify=False)
+    assert explicit_mode.grpc_receive_limit(64 * mib) == 101 * mib
+    assert UploadSettings(2**31, False, 1, "explicit", False).grpc_receive_limit(64 * mib) == 2**31 - 1
+    refusing_ones = [UploadSettings(100 * mib, False, 1, "none", False),
+                     UploadSettings(100 * mib, False, 1, "poll", False),
+                     UploadSettings(100 * mib, False, 2, "explicit", False),
+                     UploadSettings(0, False, 1, "explicit", False)]  # fmt: skip
+    for refusing in refusing_ones:
+        assert refusing.refusal() is not None and refusing.grpc_receive_limit(64 * mib) == 64 * mib
+    assert UploadSettings(100 * mib, True, 2, "poll", False).refusal() is None
