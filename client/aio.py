@@ -50,6 +50,9 @@ class AsyncClient:
         else:
             self._channel = grpc.aio.secure_channel(spec.target, spec.credentials, options=spec.options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        # RepositoryModelLoad takes wire bytes built by upload.grpc_request (a model's files copied once).
+        self._load = self._channel.unary_unary(upload.LOAD_METHOD,
+                                               response_deserializer=pb.RepositoryModelLoadResponse.FromString)
         self._feedback = fb_grpc.FeedbackStub(self._channel)
         self._rollout = ro_grpc.RolloutStub(self._channel)
         self._explain = ex_grpc.ExplainStub(self._channel)
@@ -185,7 +188,7 @@ class AsyncClient:
         """See Client.load_model: RepositoryModelLoad, an upload with `config` and/or `files`."""
         request = upload.grpc_request(name, config, files)
         try:
-            await self._call(self._stub.RepositoryModelLoad, request, timeout)
+            await self._call(self._load, request, timeout)
         except InferenceServerError as exc:
             raise upload.explain_refusal(exc, name, files, self.url, http=False) from None
 

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from modelport.protocol.generated import grpc_service_pb2 as pb
+from modelport.protocol import load_request
 from modelport.protocol.generated import model_config_pb2 as mc
 from modelport.protocol.repository import GRPC_MESSAGE_LIMIT, UPLOAD_CONFIG, UPLOAD_ENVELOPE, UPLOAD_FILE_PREFIX
 
@@ -22,7 +22,7 @@ from .errors import InferenceServerError
 FILE_PREFIX, CONFIG_PARAMETER = UPLOAD_FILE_PREFIX, UPLOAD_CONFIG
 
 Config = str | Mapping[str, Any] | mc.ModelConfig | None
-Files = Mapping[str, bytes] | None
+Files = Mapping[str, bytes | bytearray | memoryview] | None
 
 
 def config_json(config: Config) -> str | None:
@@ -37,15 +37,15 @@ def config_json(config: Config) -> str | None:
     raise TypeError(f"config must be JSON text, a dict or an inference.ModelConfig, not {type(config).__name__}")
 
 
-def checked_files(files: Files) -> dict[str, bytes]:
-    """`files` with every key a `file:` parameter name and every value bytes."""
+def checked_files(files: Files) -> dict[str, bytes | bytearray | memoryview]:
+    """`files` with every key a `file:` parameter name and every value bytes-like (not copied)."""
     checked = {}
     for key, data in (files or {}).items():
         if not isinstance(key, str) or not key.startswith(FILE_PREFIX):
             raise ValueError(f"files are named 'file:<version>/<name>' (e.g. 'file:1/model.onnx'), not {key!r}")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"files[{key!r}] must be bytes, not {type(data).__name__}")
-        checked[key] = data if isinstance(data, bytes) else bytes(data)
+        checked[key] = memoryview(data).cast("B") if isinstance(data, memoryview) else data  # lengths in bytes
     return checked
 
 
@@ -54,10 +54,15 @@ def nbytes(files: Files) -> int:
     return sum(len(data) for data in (files or {}).values())
 
 
-def grpc_request(name: str, config: Config = None, files: Files = None) -> pb.RepositoryModelLoadRequest:
-    """RepositoryModelLoad for `name`, with the upload's parameters when there is one. ValueError
-    when the files cannot travel in one gRPC message at all (2 GiB)."""
-    request = pb.RepositoryModelLoadRequest(model_name=name)
+LOAD_METHOD = "/inference.GRPCInferenceService/RepositoryModelLoad"
+
+
+def grpc_request(name: str, config: Config = None, files: Files = None) -> bytes:
+    """RepositoryModelLoad for `name`, with the upload's parameters when there is one, as wire
+    bytes (modelport.protocol.load_request.encode: the files copied once, not twice as protobuf
+    would; send with a method that does not serialize, LOAD_METHOD). ValueError when the files
+    cannot travel in one gRPC message at all (2 GiB)."""
+    request = load_request.LoadRequest(model_name=name)
     text = config_json(config)
     checked = checked_files(files)
     if nbytes(checked) + len(text or "") > GRPC_MESSAGE_LIMIT - UPLOAD_ENVELOPE:
@@ -66,10 +71,10 @@ def grpc_request(name: str, config: Config = None, files: Files = None) -> pb.Re
             "(2 GiB); publish it into the server's model repository instead (`modelport convert --model-repository`)"
         )
     if text is not None:
-        request.parameters[CONFIG_PARAMETER].string_param = text
+        request.parameters[CONFIG_PARAMETER] = load_request.Parameter("string_param", text)
     for key, data in checked.items():
-        request.parameters[key].bytes_param = data
-    return request
+        request.parameters[key] = load_request.Parameter("bytes_param", data)
+    return load_request.encode(request)
 
 
 def http_body(config: Config = None, files: Files = None) -> bytes:

@@ -1,4 +1,5 @@
-"""inference.RepositoryModelLoadRequest read from its wire bytes without copying the files.
+"""inference.RepositoryModelLoadRequest read from its wire bytes without copying the files, and
+written to them with one copy.
 
 An upload's files arrive as `bytes_param` values of the request's parameters map. protobuf's
 parser copies the message into its arena and each `.bytes_param` access copies a value again, so
@@ -6,6 +7,9 @@ a 1 GiB upload held 3 GiB before a byte was written (measured: benchmarks/upload
 every file is a memoryview into the bytes gRPC received, written out from there. Unknown fields
 (and known ones with another wire type) are skipped as protobuf (upb) skips them; what protobuf
 refuses (truncated fields, lengths past the end, invalid UTF-8 in strings, groups) raises ValueError.
+
+`encode` is the client's side: setting `bytes_param` copies a file into protobuf's arena and
+serializing copies it again; joining the wire format's pieces copies it once.
 """
 
 from __future__ import annotations
@@ -52,6 +56,52 @@ def parse(data: bytes) -> LoadRequest:
             if entry is not None:
                 request.parameters[entry[0]] = entry[1]  # a repeated key: the last one wins, as in protobuf
     return request
+
+
+def encode(request: LoadRequest) -> bytes:
+    """The wire bytes of `request` (what protobuf would write, fields in number order)."""
+    pieces: list[bytes | memoryview] = []
+    for number, text in ((_REPOSITORY_NAME, request.repository_name), (_MODEL_NAME, request.model_name)):
+        if text:
+            pieces += _length_field(number, text.encode())
+    for key, parameter in request.parameters.items():
+        value = _encode_parameter(parameter)
+        entry = [*_length_field(_KEY, key.encode()), *_header(_VALUE, sum(map(len, value))), *value]
+        pieces += [*_header(_PARAMETERS, sum(map(len, entry))), *entry]
+    return b"".join(pieces)
+
+
+def _encode_parameter(parameter: Parameter) -> list[bytes | memoryview]:
+    """A ModelRepositoryParameter's pieces (a large bytes value stays a piece of its own)."""
+    number = next((n for n, kind in _KINDS.items() if kind == parameter.kind), None)
+    if number is None:
+        return []
+    value = parameter.value
+    if parameter.kind in ("bool_param", "int64_param"):
+        return [_tag(number, _VARINT), _varint_bytes(int(value) & (1 << 64) - 1)]  # type: ignore[arg-type]
+    data = value.encode() if isinstance(value, str) else value
+    return _length_field(number, data)  # type: ignore[arg-type]
+
+
+def _length_field(number: int, data: bytes | memoryview) -> list[bytes | memoryview]:
+    return [*_header(number, len(data)), data]
+
+
+def _header(number: int, size: int) -> list[bytes]:
+    return [_tag(number, _LENGTH), _varint_bytes(size)]
+
+
+def _tag(number: int, wire: int) -> bytes:
+    return _varint_bytes(number << 3 | wire)
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _entry(view: memoryview) -> tuple[str, Parameter] | None:

@@ -93,3 +93,19 @@ def test_malformed_requests_raise_value_error(data: bytes) -> None:
         pb.RepositoryModelLoadRequest.FromString(data)
     with pytest.raises(ValueError):
         load_request.parse(data)
+
+
+@FUZZ
+@given(model=st.text(max_size=30), repository=st.text(max_size=10),
+       parameters=st.dictionaries(st.text(max_size=20), PARAMETER, max_size=6))  # fmt: skip
+def test_encode_writes_what_protobuf_writes(model, repository, parameters) -> None:
+    message = pb.RepositoryModelLoadRequest(model_name=model, repository_name=repository)
+    ours = load_request.LoadRequest(model, repository)
+    for key, parameter in parameters.items():
+        entry = message.parameters[key]
+        if parameter is not None:
+            setattr(entry, parameter[0], parameter[1])
+        ours.parameters[key] = load_request.Parameter(*parameter) if parameter is not None else load_request.Parameter()
+    data = load_request.encode(ours)
+    assert protobuf_view(pb.RepositoryModelLoadRequest.FromString(data)) == protobuf_view(message)
+    assert our_view(load_request.parse(data)) == protobuf_view(message)
