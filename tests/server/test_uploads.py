@@ -414,3 +414,40 @@ def test_only_a_server_that_takes_uploads_receives_messages_larger_than_inferenc
     for refusing in refusing_ones:
         assert refusing.refusal() is not None and refusing.grpc_receive_limit(64 * mib) == 64 * mib
     assert UploadSettings(100 * mib, True, 2, "poll", False).refusal() is None
+
+
+def test_inference_goes_on_while_a_large_upload_is_received_written_and_loaded(repository, start_server):
+    """The files are parsed, written and loaded off the event loop: other models keep answering."""
+    import threading
+
+    columns = 100 * 2**20 // (4 * 512)  # 100 MiB of weights
+    big = models.graph_model(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [("x", TensorProto.FLOAT, [None, 512])], [("y", TensorProto.FLOAT, [None, columns])],
+        [onnx.numpy_helper.from_array(np.ones((512, columns), np.float32), "w")],
+    ).SerializeToString()  # fmt: skip
+    address = start_server(repository)
+    answered, failed, uploading = [], [], threading.Event()
+
+    def infer() -> None:
+        with Client(address, timeout=30) as client:
+            while uploading.is_set():
+                try:
+                    np.testing.assert_allclose(client.predict("other", X), X * 10)
+                    answered.append(time.monotonic())
+                except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                    failed.append(exc)
+
+    uploading.set()
+    thread = threading.Thread(target=infer)
+    thread.start()
+    try:
+        start = time.monotonic()
+        with Client(address, timeout=120) as uploader:
+            uploader.load_model("big", files={"file:1/model.onnx": big})
+        end = time.monotonic()
+    finally:
+        uploading.clear()
+        thread.join()
+    assert not failed, failed[:3]
+    assert sum(start < t < end for t in answered) > 0, "no inference answered while the upload was in flight"
