@@ -34,7 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from large_model import Sampler, modelport, status_kib  # noqa: E402
+from large_model import Sampler, _wait_for, modelport, status_kib  # noqa: E402
 
 MIB = 2**20
 WIDTH = 1024
@@ -126,16 +126,6 @@ def _stub_upload(address: str, name: str, files: dict[str, bytes]):
     channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)])
     call = channel.unary_unary("/inference.GRPCInferenceService/RepositoryModelLoad")
     return lambda: call(wire)
-
-
-def _wait_for(log: Path, pattern: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(pattern, log.read_text())
-        if found:
-            return found.group(1)
-        time.sleep(0.1)
-    raise SystemExit(f"'{pattern}' not in {log} after {timeout:.0f} s")
 
 
 def main() -> None:
