@@ -129,7 +129,10 @@ class ModelRegistry:
     def folder(self, name: str) -> Path:
         """Where `name`'s files are read from: its upload's folder, else the repository's."""
         entry = self._entries.get(name)
-        return entry.source if entry is not None and entry.source is not None else self.root / name
+        return self._folder(entry) if entry is not None else self.root / name
+
+    def _folder(self, entry: ModelEntry) -> Path:
+        return entry.source or self.root / entry.name
 
     def is_ready(self, name: str, version: str = "") -> bool:
         """Whether `name` (and `version`) can take requests now."""
@@ -250,7 +253,7 @@ class ModelRegistry:
         return loaded
 
     async def _load_locked(self, entry: ModelEntry, preloaded: dict[int, ModelVersion]) -> None:
-        directory = entry.source or self.root / entry.name
+        directory = self._folder(entry)
         if not directory.is_dir():
             self._retire_all(entry, "removed from the repository")
             event(log, logging.ERROR, "model_load_failed", model=entry.name, version="", reason="not in the repository")
